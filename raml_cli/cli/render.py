@@ -1,0 +1,52 @@
+"""Rendering results: rich tables for people, JSON on stdout for pipelines."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def stdout_console() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as one JSON document on stdout (NaN becomes null)."""
+    sys.stdout.write(json.dumps(_json_safe(obj), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _json_safe(obj.item())
+    return obj
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with two decimals (``0.7043`` -> ``70.43``)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{100.0 * value:.2f}"
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                caption: str | None = None) -> None:
+    """A rich table on stdout; right-aligned columns after the first."""
+    table = Table(title=title, caption=caption, title_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    stdout_console().print(table)

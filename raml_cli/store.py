@@ -1,0 +1,397 @@
+"""Embedding files (``*.h5``): the one module that reads and writes them.
+
+Schema (DESIGN.md, "Embedding files"):
+
+==================  ==========================================================
+``/embeddings``     float32 ``[N, D]``, rows L2-normalised, chunked by rows
+``/labels``         int64 ``[N]``, class id per row (``-1`` where unknown)
+``/paths``          variable-length UTF-8 strings ``[N]``, relative image paths
+root attributes     ``format`` = ``raml-embeddings``, ``format_version`` = 1,
+                    ``model_sha256``, ``role``, ``architecture``, ``resolution``,
+                    ``dataset``, ``split``, ``raml_version``
+==================  ==========================================================
+
+Optional extras written by ``raml embed --skip-bad``: ``/skipped`` (paths left out)
+and the root attribute ``num_skipped``.
+
+Rows that are not unit length (beyond ``UNIT_TOLERANCE``) are re-normalised on
+read with a warning, so vectors from other tools can be evaluated; a zero row,
+NaN or Inf is an error.
+
+Writing is atomic: :func:`write_embeddings` and :class:`EmbeddingWriter` write
+to a temporary (or ``.partial``) name and rename when complete. The streaming
+writer appends rows as they are computed, so memory does not grow with N, and
+an interrupted ``.partial`` file can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from raml_cli import __version__
+from raml_cli.atomic import ensure_writable_parent, partial_path, temporary_sibling
+from raml_cli.errors import FormatError, InputError
+
+FORMAT = "raml-embeddings"
+FORMAT_VERSION = 1
+ROOT_ATTRIBUTES = (
+    "format",
+    "format_version",
+    "model_sha256",
+    "role",
+    "architecture",
+    "resolution",
+    "dataset",
+    "split",
+    "raml_version",
+)
+UNIT_TOLERANCE = 1e-3
+DEFAULT_CHUNK_ROWS = 1024
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+@dataclass
+class EmbeddingSet:
+    """The content of one embeddings file, in memory.
+
+    Attributes:
+        embeddings: float32 ``[N, D]``, unit rows.
+        labels: int64 ``[N]`` (``-1`` = unknown).
+        paths: ``N`` image paths relative to the dataset root.
+        attrs: the root attributes (plain Python values).
+        source: the file it was read from, if any.
+        renormalized: how many rows were re-normalised on read.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+    renormalized: int = 0
+
+    @property
+    def num(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+def _clean_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def default_attributes(**values: Any) -> dict[str, Any]:
+    """Root attributes with every required key present (unknown ones as empty strings)."""
+    attrs: dict[str, Any] = {key: "" for key in ROOT_ATTRIBUTES}
+    attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                  "raml_version": __version__, "resolution": 0})
+    for key, value in values.items():
+        attrs[key] = "" if value is None else value
+    return attrs
+
+
+def _write_attrs(handle: h5py.File, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        if isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value)
+        handle.attrs[key] = value
+
+
+def _validate_arrays(embeddings: np.ndarray, labels: np.ndarray, paths: Sequence[str]) -> None:
+    if embeddings.ndim != 2:
+        raise InputError(f"Embeddings must be a [N, D] matrix, got shape {embeddings.shape}.")
+    if labels.shape != (embeddings.shape[0],) or len(paths) != embeddings.shape[0]:
+        raise InputError(
+            f"Row counts differ: {embeddings.shape[0]} embeddings, {labels.shape[0]} labels, "
+            f"{len(paths)} paths."
+        )
+
+
+def write_embeddings(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    labels: np.ndarray | Sequence[int],
+    paths: Sequence[str],
+    attrs: dict[str, Any] | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Path:
+    """Write a whole embeddings file atomically (for data already in memory)."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    _validate_arrays(embeddings, labels, paths)
+    target = ensure_writable_parent(path)
+    writer = EmbeddingWriter(target, dim=embeddings.shape[1], attrs=attrs, chunk_rows=chunk_rows,
+                             _partial=temporary_sibling(target))
+    try:
+        writer.append(embeddings, labels, paths)
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    return target
+
+
+class EmbeddingWriter:
+    """Stream rows into an embeddings file; rename into place on :meth:`finalize`.
+
+    Rows go to ``OUT.h5.partial`` as they are appended (datasets grow by chunks of
+    rows), so memory stays flat. With ``resume=True`` an existing ``.partial``
+    file whose attributes match is continued: :attr:`rows_done` says how many rows
+    it already holds, and the caller skips those inputs.
+
+    >>> import tempfile, pathlib, numpy as np
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "db.h5"
+    >>> w = EmbeddingWriter(out, dim=2, attrs={"role": "teacher"})
+    >>> w.append(np.array([[1.0, 0.0]], np.float32), [3], ["a.jpg"])
+    >>> w.finalize()
+    >>> read_embeddings(out).labels.tolist()
+    [3]
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dim: int,
+        attrs: dict[str, Any] | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        resume: bool = False,
+        _partial: Path | None = None,
+    ) -> None:
+        self.path = ensure_writable_parent(path)
+        self.partial = _partial or partial_path(self.path)
+        self.dim = int(dim)
+        self.attrs = default_attributes(**(attrs or {}))
+        self.rows_done = 0
+        self._skipped: list[str] = []
+        if resume and self.partial.exists():
+            self._handle = self._reopen()
+        else:
+            self._handle = self._create(chunk_rows)
+
+    def _create(self, chunk_rows: int) -> h5py.File:
+        handle = h5py.File(self.partial, "w")
+        rows = max(1, int(chunk_rows))
+        handle.create_dataset("embeddings", shape=(0, self.dim), maxshape=(None, self.dim),
+                              dtype=np.float32, chunks=(rows, self.dim))
+        handle.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int64,
+                              chunks=(rows,))
+        handle.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(rows,))
+        handle.create_dataset("skipped", shape=(0,), maxshape=(None,), dtype=_STR,
+                              chunks=(256,))
+        _write_attrs(handle, self.attrs)
+        handle.attrs["complete"] = False
+        handle.flush()
+        return handle
+
+    def _reopen(self) -> h5py.File:
+        try:
+            handle = h5py.File(self.partial, "a")
+        except OSError as err:
+            raise FormatError(
+                f"The unfinished file {self.partial} cannot be resumed ({err}). Delete it and "
+                "run again without --resume."
+            ) from err
+        stored = {k: _clean_attr(v) for k, v in handle.attrs.items()}
+        mismatched = [
+            key for key in ("model_sha256", "resolution", "dataset", "split", "role")
+            if str(stored.get(key, "")) != str(self.attrs.get(key, ""))
+        ]
+        if mismatched or handle["embeddings"].shape[1] != self.dim:
+            handle.close()
+            raise InputError(
+                f"The unfinished file {self.partial} was started with other settings "
+                f"({', '.join(mismatched) or 'embedding size'} differ), so it cannot be resumed. "
+                "Run with the original settings, or delete it and start again."
+            )
+        n = min(handle["embeddings"].shape[0], handle["labels"].shape[0], handle["paths"].shape[0])
+        for name in ("embeddings", "labels", "paths"):
+            handle[name].resize(n, axis=0)
+        self.rows_done = n
+        self._skipped = [_decode(p) for p in handle["skipped"][()]]
+        return handle
+
+    def append(self, embeddings: np.ndarray, labels: Sequence[int] | np.ndarray,
+               paths: Sequence[str]) -> None:
+        """Append rows (unit vectors) and flush them to disk."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int64)
+        _validate_arrays(embeddings, labels, paths)
+        if embeddings.shape[1] != self.dim:
+            raise InputError(f"Expected {self.dim}-d rows, got {embeddings.shape[1]}-d.")
+        n = embeddings.shape[0]
+        if n == 0:
+            return
+        start, stop = self.rows_done, self.rows_done + n
+        handle = self._handle
+        # Lengths are grown last-to-first so a crash mid-append leaves at most a
+        # longer embeddings dataset, which _reopen truncates to the common length.
+        handle["embeddings"].resize(stop, axis=0)
+        handle["embeddings"][start:stop] = embeddings
+        handle["labels"].resize(stop, axis=0)
+        handle["labels"][start:stop] = labels
+        handle["paths"].resize(stop, axis=0)
+        handle["paths"][start:stop] = list(paths)
+        handle.flush()
+        self.rows_done = stop
+
+    def add_skipped(self, paths: Sequence[str]) -> None:
+        """Record inputs left out (``--skip-bad``); stored as ``/skipped``."""
+        if not paths:
+            return
+        self._skipped.extend(paths)
+        ds = self._handle["skipped"]
+        ds.resize(len(self._skipped), axis=0)
+        ds[len(self._skipped) - len(paths):] = list(paths)
+        self._handle.flush()
+
+    @property
+    def skipped(self) -> list[str]:
+        return list(self._skipped)
+
+    def finalize(self) -> Path:
+        """Mark the file complete, close it and rename it onto the output path."""
+        handle = self._handle
+        if self.rows_done == 0:
+            self.abort()
+            raise InputError(f"No embeddings were produced, so {self.path} was not written.")
+        handle.attrs["num_skipped"] = len(self._skipped)
+        del handle.attrs["complete"]
+        handle.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Close without finalizing; the ``.partial`` file stays for ``--resume``."""
+        if self._handle.id.valid:
+            self._handle.close()
+
+    def abort(self) -> None:
+        """Close and delete the unfinished file."""
+        self.close()
+        try:
+            self.partial.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _decode(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"The embeddings file {file} does not exist. Create it with "
+                         "`raml embed MODEL.safetensors -o FILE.h5`.")
+    if file.is_dir():
+        raise InputError(f"{file} is a folder, not an embeddings file (.h5).")
+    try:
+        return h5py.File(file, "r")
+    except OSError as err:
+        raise FormatError(
+            f"{file} is not a readable HDF5 file ({err}). raml reads embeddings files "
+            "written by `raml embed` (DESIGN.md schema: /embeddings, /labels, /paths)."
+        ) from err
+
+
+def read_attributes(path: str | os.PathLike) -> dict[str, Any]:
+    """The root attributes of an embeddings file, validated for ``format``."""
+    with _open(path) as handle:
+        return _check_header(handle, Path(path))
+
+
+def _check_header(handle: h5py.File, path: Path) -> dict[str, Any]:
+    attrs = {k: _clean_attr(v) for k, v in handle.attrs.items()}
+    fmt = attrs.get("format")
+    if fmt != FORMAT:
+        hint = "it has no `format` attribute" if fmt is None else f"its format is {fmt!r}"
+        raise FormatError(f"{path} is not a raml embeddings file: {hint} (expected "
+                          f"{FORMAT!r}). Write embeddings with `raml embed`.")
+    try:
+        version = int(attrs.get("format_version", -1))
+    except (TypeError, ValueError):
+        version = -1
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{path} has format_version {attrs.get('format_version')!r}; this "
+                          f"raml reads version {FORMAT_VERSION}. Re-create it with this raml "
+                          "version's `raml embed`.")
+    if "complete" in attrs:
+        raise FormatError(f"{path} is an unfinished embeddings file. Finish it with "
+                          "`raml embed ... --resume`, or delete it.")
+    return attrs
+
+
+def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
+    """Read and validate a whole embeddings file.
+
+    Raises :class:`FormatError` with a plain explanation for: not HDF5, missing
+    ``format`` or datasets, wrong dtype or rank, row-count mismatch, NaN/Inf,
+    zero rows, an empty file. Non-unit rows are re-normalised (counted in
+    ``renormalized``).
+    """
+    file = Path(path)
+    with _open(file) as handle:
+        attrs = _check_header(handle, file)
+        missing = [name for name in ("embeddings", "labels", "paths") if name not in handle]
+        if missing:
+            raise FormatError(f"{file} lacks the dataset(s) {', '.join('/' + m for m in missing)}"
+                              " that every raml embeddings file has.")
+        emb_ds, lab_ds, path_ds = handle["embeddings"], handle["labels"], handle["paths"]
+        if emb_ds.ndim != 2:
+            raise FormatError(f"/embeddings in {file} has rank {emb_ds.ndim}; expected a "
+                              "[N, D] matrix.")
+        if emb_ds.dtype.kind != "f":
+            raise FormatError(f"/embeddings in {file} has dtype {emb_ds.dtype}; expected float32.")
+        if lab_ds.ndim != 1 or lab_ds.dtype.kind not in "iu":
+            raise FormatError(f"/labels in {file} must be a 1-d integer array; found dtype "
+                              f"{lab_ds.dtype} with shape {lab_ds.shape}.")
+        if path_ds.ndim != 1:
+            raise FormatError(f"/paths in {file} must be a 1-d array of strings.")
+        n = emb_ds.shape[0]
+        if lab_ds.shape[0] != n or path_ds.shape[0] != n:
+            raise FormatError(f"{file} is inconsistent: {n} embeddings, {lab_ds.shape[0]} "
+                              f"labels and {path_ds.shape[0]} paths. Re-create it with "
+                              "`raml embed`.")
+        if n == 0:
+            raise FormatError(f"{file} holds no embeddings (0 rows).")
+        embeddings = np.asarray(emb_ds[()], dtype=np.float32)
+        labels = np.asarray(lab_ds[()], dtype=np.int64)
+        paths = [_decode(p) for p in path_ds[()]]
+    embeddings, renormalized = _check_rows(embeddings, file)
+    return EmbeddingSet(embeddings, labels, paths, attrs, file, renormalized)
+
+
+def _check_rows(embeddings: np.ndarray, file: Path) -> tuple[np.ndarray, int]:
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise FormatError(f"{file} has NaN or Inf values in {bad.size} row(s) (first: row "
+                          f"{int(bad[0])}). Re-create it; a model that outputs NaN needs "
+                          "retraining.")
+    norms = np.linalg.norm(embeddings, axis=1)
+    zero = norms < 1e-12
+    if zero.any():
+        raise FormatError(f"{file} has {int(zero.sum())} all-zero row(s) (first: row "
+                          f"{int(np.flatnonzero(zero)[0])}), which cannot be L2-normalised.")
+    off = np.abs(norms - 1.0) > UNIT_TOLERANCE
+    count = int(off.sum())
+    if count:
+        embeddings = embeddings / norms[:, None].astype(np.float32)
+    return embeddings, count
