@@ -1,0 +1,1 @@
+"""Datasets: the catalogue, downloads, splits, transforms, your own data, the toy set."""
