@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -58,9 +59,26 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from raml_cli.devices import autocast, is_cuda, to_device
+from raml_cli.atomic import ensure_writable_parent
+from raml_cli.devices import autocast, is_cuda, to_device, torch_threads
 from raml_cli.errors import InputError, TrainingError
 from raml_cli.progress import NULL_REPORTER, Reporter
+from raml_cli.seeding import rng_state, seed_everything, set_rng_state
+from raml_cli.train.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    log_path,
+    pack_rng_state,
+    save_checkpoint,
+    unpack_rng_state,
+)
+from raml_cli.train.distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
 
 
 @dataclass
@@ -316,6 +334,320 @@ def run_training(task: TrainingTask, config: LoopConfig,
     """
     _check_config(config)
     return _Runner(task, config, reporter).run()
+
+
+class _Runner:
+    """One invocation of :func:`run_training` (state that lives as long as the run)."""
+
+    def __init__(self, task: TrainingTask, config: LoopConfig, reporter: Reporter) -> None:
+        self.task = task
+        self.config = config
+        self.reporter = reporter
+        self.output = Path(config.output)
+        self.checkpoint = checkpoint_path(self.output)
+        self.log = log_path(self.output)
+        self.epoch = 0
+        self.micro_batch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def run(self) -> TrainingResult:
+        started = time.perf_counter()
+        setup = init_distributed(self.config.device)
+        try:
+            with torch_threads(self.config.threads):
+                return self._run(setup, started)
+        finally:
+            shutdown_distributed()
+
+    def _run(self, setup: Any, started: float) -> TrainingResult:
+        cfg = self.config
+        ctx = LoopContext(
+            device=setup.device, rank=setup.rank, world_size=setup.world_size, seed=cfg.seed,
+            workers=cfg.workers, channels_last=cfg.channels_last,
+            mixed_precision=cfg.mixed_precision,
+            reporter=self.reporter if setup.rank == 0 else NULL_REPORTER,
+        )
+        self.ctx = ctx
+        self._preflight()
+        seed_everything(cfg.seed)
+        module = self.task.build(ctx).to(ctx.device)
+        if cfg.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        groups = self.task.param_groups(module, cfg.lr, cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        micro_per_epoch = self.task.batches_per_epoch(ctx)
+        self.steps_per_epoch = micro_per_epoch // cfg.accumulate
+        if self.steps_per_epoch < 1:
+            raise InputError(
+                f"An epoch has {micro_per_epoch} micro-batch(es) per process but --accumulate "
+                f"is {cfg.accumulate}, so not one optimiser step fits in an epoch. Lower "
+                "--accumulate or --batch-size, or use more images per epoch."
+            )
+        self.micro_per_epoch = self.steps_per_epoch * cfg.accumulate
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=[group["lr"] for group in self.optimizer.param_groups],
+            total_steps=cfg.epochs * self.steps_per_epoch,
+            pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+        )
+        resumed_from = self._maybe_resume()
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model: nn.Module = DistributedDataParallel(
+                module, device_ids=[ctx.device.index] if is_cuda(ctx.device) else None,
+                broadcast_buffers=False,
+            )
+        else:
+            model = module
+        last_loss, last_rate = float("nan"), 0.0
+        while self.epoch < cfg.epochs:
+            last_loss, last_rate = self._train_epoch(model)
+            self._end_of_epoch()
+        result = TrainingResult(
+            output=self.output, log=self.log, epochs=self.epoch, steps=self.global_step,
+            final_loss=last_loss, images_per_second=last_rate, validations=self.history,
+            best=self.best, seconds=time.perf_counter() - started, resumed_from=resumed_from,
+        )
+        if ctx.is_main:
+            module.eval()
+            self.task.save(module, self.output, ctx, result)
+            self._log({"event": "end", **result.to_dict()})
+            self.checkpoint.unlink(missing_ok=True)
+        barrier()
+        return result
+
+    def _preflight(self) -> None:
+        """Fail before any work: unwritable output, a stale checkpoint, no checkpoint."""
+        ensure_writable_parent(self.output)
+        if not os.access(self.output.parent if str(self.output.parent) else Path("."),
+                         os.W_OK):
+            raise InputError(f"The output folder {self.output.parent} is not writable. Choose "
+                             "another -o or fix its permissions.")
+        if self.output.exists() and not os.access(self.output, os.W_OK):
+            raise InputError(f"The output file {self.output} exists and cannot be overwritten. "
+                             "Choose another -o or fix its permissions.")
+        if self.checkpoint.exists() and not self.config.resume:
+            raise InputError(
+                f"A checkpoint of an unfinished run exists at {self.checkpoint}. Add --resume "
+                "to continue that run, or delete the file to start over."
+            )
+        if self.config.resume and not self.checkpoint.exists():
+            self.ctx.reporter.warn(f"--resume: no checkpoint at {self.checkpoint}; starting "
+                                   "from the beginning.")
+
+    def _signature(self) -> dict[str, Any]:
+        cfg = self.config
+        loop_keys = ("epochs", "lr", "weight_decay", "accumulate", "seed", "pct_start",
+                     "div_factor", "final_div_factor")
+        return {
+            "role": self.task.role,
+            "task": self.task.describe(),
+            "loop": {key: getattr(cfg, key) for key in loop_keys},
+            "world_size": self.ctx.world_size,
+        }
+
+    def _maybe_resume(self) -> tuple[int, int] | None:
+        signature = json.loads(json.dumps(self._signature(), default=_json_default))
+        if not (self.config.resume and self.checkpoint.exists()):
+            if self.ctx.is_main:
+                self.log.unlink(missing_ok=True)
+                self._log({"event": "start", "role": self.task.role, "signature": signature,
+                           "config": self.config.to_dict(), "world_size": self.ctx.world_size,
+                           "device": str(self.ctx.device)})
+            return None
+        state = load_checkpoint(self.checkpoint)
+        stored = json.loads(state["signature"])
+        if stored != signature:
+            raise TrainingError(
+                f"The checkpoint {self.checkpoint} belongs to a run with different options "
+                f"({_differences(stored, signature)}). Run with the original options to resume "
+                "it, or delete the checkpoint to start a new run."
+            )
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.task.load_state_dict(state["task"])
+        set_rng_state(unpack_rng_state(state["rng"]))
+        self.epoch = int(state["epoch"])
+        self.micro_batch = int(state["micro_batch"])
+        self.global_step = int(state["global_step"])
+        saved = json.loads(state["history"])
+        self.history, self.best = saved["validations"], saved["best"]
+        self.ctx.reporter.log(f"resumed from {self.checkpoint}: epoch {self.epoch + 1}, "
+                              f"step {self.global_step}")
+        self._log({"event": "resume", "epoch": self.epoch, "micro_batch": self.micro_batch,
+                   "global_step": self.global_step})
+        return (self.epoch, self.micro_batch)
+
+    # -- one epoch ------------------------------------------------------------------------
+
+    def _train_epoch(self, model: nn.Module) -> tuple[float, float]:
+        """Train the rest of the current epoch; returns (mean loss, images/s of all ranks)."""
+        cfg, ctx, task = self.config, self.ctx, self.task
+        if self.micro_batch == 0:
+            self.module.eval()
+            task.begin_epoch(self.epoch, self.module, ctx)
+        self.module.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=ctx.device)
+        loss_sum, loss_steps, images, in_step = 0.0, 0, 0, 0
+        extras: dict[str, float] = {}
+        extras_count = 0
+        description = f"{task.role} epoch {self.epoch + 1}/{cfg.epochs}"
+        with ctx.reporter.track(description, total=self.steps_per_epoch, unit="steps") as bar:
+            bar.advance(self.micro_batch // cfg.accumulate)
+            tick = time.perf_counter()
+            batches = task.batches(self.epoch, self.micro_batch, ctx)
+            for batch in batches:
+                if self.micro_batch >= self.micro_per_epoch:
+                    break
+                last = in_step + 1 == cfg.accumulate
+                sync = model.no_sync() if ctx.distributed and not last else _nothing()
+                with sync:
+                    out = task.compute_loss(model, batch, ctx)
+                    (out.loss / cfg.accumulate).backward()
+                step_loss += out.loss.detach().float()
+                images += int(out.images)
+                for key, value in out.logs.items():
+                    extras[key] = extras.get(key, 0.0) + float(value)
+                extras_count += 1
+                in_step += 1
+                self.micro_batch += 1
+                if not last:
+                    continue
+                value = float(all_reduce_mean(step_loss / cfg.accumulate).item())
+                if not math.isfinite(value):
+                    self._nan_stop(value)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.global_step += 1
+                in_step = 0
+                step_loss.zero_()
+                loss_sum += value
+                loss_steps += 1
+                rate = images * ctx.world_size / max(time.perf_counter() - tick, 1e-9)
+                bar.advance(1)
+                bar.update(loss=loss_sum / loss_steps, img_s=round(rate, 1))
+                if cfg.log_every and self.global_step % cfg.log_every == 0:
+                    self._log({"event": "step", "epoch": self.epoch + 1,
+                               "step": self.global_step, "loss": value,
+                               "lr": self.scheduler.get_last_lr()[0], "images_per_s": rate})
+                if (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+                        and self.micro_batch < self.micro_per_epoch):
+                    self._save_checkpoint()
+            if hasattr(batches, "close"):
+                batches.close()
+        if self.micro_batch < self.micro_per_epoch:
+            raise RuntimeError(
+                f"{type(task).__name__}.batches yielded {self.micro_batch} micro-batches in "
+                f"epoch {self.epoch + 1}, fewer than batches_per_epoch ({self.micro_per_epoch})."
+            )
+        elapsed = max(time.perf_counter() - tick, 1e-9)
+        rate = images * ctx.world_size / elapsed
+        mean_loss = loss_sum / max(loss_steps, 1)
+        record = {"event": "epoch", "epoch": self.epoch + 1, "step": self.global_step,
+                  "loss": mean_loss, "images_per_s": rate, "seconds": elapsed}
+        record.update({key: total / max(extras_count, 1) for key, total in extras.items()})
+        self._log(record)
+        ctx.reporter.log(f"{task.role} epoch {self.epoch + 1}/{cfg.epochs}: loss "
+                         f"{mean_loss:.4f}, {rate:.1f} images/s")
+        return mean_loss, rate
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.config
+        self.epoch += 1
+        self.micro_batch = 0
+        due = cfg.val_every and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs)
+        if due:
+            self._validate()
+        self._save_checkpoint()
+
+    def _validate(self) -> None:
+        ctx, task = self.ctx, self.task
+        if ctx.is_main:
+            self.module.eval()
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in task.validate(self.module, ctx).items()}
+            self.module.train()
+            entry = {"epoch": self.epoch, "step": self.global_step, "metrics": metrics}
+            key = task.primary_metric
+            if key in metrics and (self.best is None
+                                   or metrics[key] > self.best["metrics"].get(key, -1.0)):
+                self.best = entry
+            shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items())
+            ctx.reporter.log(f"validation after epoch {self.epoch}: {shown}")
+            self._log({"event": "val", **entry})
+        else:
+            entry = None
+        # Every rank keeps the same history, so the result is the same on all of them.
+        self.history.append(broadcast_object(entry))  # type: ignore[arg-type]
+        self.best = broadcast_object(self.best)  # type: ignore[assignment]
+
+    def _nan_stop(self, value: float) -> None:
+        kept = (f"The last good checkpoint {self.checkpoint} was kept: after lowering --lr, "
+                "continue from it with --resume (it holds the same options), or delete it to "
+                "start over." if self.checkpoint.exists() else
+                "No checkpoint was written before it happened.")
+        self._log({"event": "nan", "epoch": self.epoch + 1, "step": self.global_step,
+                   "loss": str(value)})
+        raise TrainingError(
+            f"The training loss became {value} at epoch {self.epoch + 1}, optimiser step "
+            f"{self.global_step + 1}; the weights were not updated with it. This usually means "
+            f"the learning rate is too high for this network and batch. {kept}"
+        )
+
+    # -- files (rank 0) -------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        if not self.ctx.is_main:
+            return
+        signature = json.dumps(self._signature(), default=_json_default, sort_keys=True)
+        save_checkpoint(self.checkpoint, {
+            "signature": signature,
+            "epoch": self.epoch,
+            "micro_batch": self.micro_batch,
+            "global_step": self.global_step,
+            "model": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "task": self.task.state_dict(),
+            "rng": pack_rng_state(rng_state()),
+            "history": json.dumps({"validations": self.history, "best": self.best}),
+        })
+        self._log({"event": "checkpoint", "epoch": self.epoch, "micro_batch": self.micro_batch,
+                   "step": self.global_step, "path": str(self.checkpoint)})
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            log_line(self.log, record)
+
+
+def _nothing() -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """``key: old -> new`` for every leaf that differs (for the resume error)."""
+    parts: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            if inner:
+                parts.append(inner)
+        elif a != b:
+            parts.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(parts)
 
 
 def _check_config(config: LoopConfig) -> None:
