@@ -92,6 +92,8 @@ def register(name: str, fn: Callable[..., Any], **kwargs: Any) -> None:
 
 def _register_all() -> None:
     # One import and one register() line per command; each module defines `command`.
+    from raml_cli.cli import download
+    register("download", download.command)
     from raml_cli.cli import train_teacher
     register("train-teacher", train_teacher.command)
     pass
