@@ -1,0 +1,106 @@
+"""``raml embed``: encode a dataset split or a set of images with a model, into an HDF5 file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raml_cli.cli.options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    ResumeOpt,
+    RootOpt,
+)
+
+EXAMPLES = """
+Examples:
+
+    raml embed teacher.safetensors --dataset cub200 --split test --res 448 -o db.h5
+
+    raml embed student.safetensors --dataset cub200 --split test --res 112 -o queries.h5
+
+    raml embed student.safetensors --images photos/ -o photos.h5 --skip-bad
+
+    torchrun --nproc_per_node 4 -m raml_cli embed teacher.safetensors --dataset sop -o db.h5
+"""
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="A model file written by `raml train-teacher` "
+                                          "or `raml distill` (.safetensors).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The embeddings file to write "
+                                         "(.h5); written atomically.")],
+    res: Annotated[int | None, typer.Option(
+        "--res", min=8, help="Resolution in pixels (shorter side resized to res*8/7, centre "
+        "crop res). Default: the model's training resolution.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="A dataset name (toy, cub200, cars196, sop) or a path: an image "
+        "folder with one sub-folder per class, or a CSV of path,label[,split].")] = None,
+    split: Annotated[str, typer.Option(
+        "--split", help="With --dataset: train, val, test, or fit (train minus val).")
+    ] = "test",
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Instead of --dataset: a folder of images (recursive; the first "
+        "sub-folder is the class) or a text file with one image path per line.")] = None,
+    root: RootOpt = Path("data"),
+    batch_size: BatchSizeOpt = 32,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="DataLoader processes that decode images. Default: 0 on a "
+        "CPU with 2 or fewer cores, more on bigger machines and GPUs.")] = None,
+    device: DeviceOpt = "auto",
+    resume: ResumeOpt = False,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Leave out unreadable images (recorded in the file's /skipped) "
+        "instead of stopping at the first one.")] = False,
+    chunk_rows: Annotated[int, typer.Option(
+        "--chunk-rows", min=1, help="Rows written per step; --resume restarts from the last "
+        "complete step.")] = 1024,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Encode images with a model into an embeddings file (HDF5, one unit row per image).
+
+    The database side is usually the teacher at a large resolution, the query side the
+    student at a small one; `raml evaluate queries.h5 db.h5` then measures retrieval.
+    Under `torchrun --nproc_per_node N` the images are split across N processes and one
+    file is still written, in input order.
+    """
+    from raml_cli.embed import collect_images, embed_dataset
+    from raml_cli.errors import InputError
+    from raml_cli.progress import Reporter
+
+    if (dataset is None) == (images is None):
+        raise InputError("Give exactly one input: --dataset NAME|PATH (with --split) or "
+                         "--images DIR|LIST.txt.")
+    reporter = Reporter(quiet=quiet)
+    if dataset is not None:
+        from raml_cli.data.catalog import load_dataset
+
+        splits = load_dataset(dataset, root)
+        samples, image_root = splits.split(split), splits.root
+        dataset_name, split_name = splits.name, split
+    else:
+        image_root, samples = collect_images(images)
+        dataset_name, split_name = str(images), "images"
+    result = embed_dataset(
+        model, output, samples, image_root, dataset=dataset_name, split=split_name, res=res,
+        batch_size=batch_size, workers=workers, device=device, resume=resume,
+        skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter)
+    if json_output:
+        from raml_cli.cli.render import print_json
+
+        print_json(result.as_dict())
+        return
+    skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
+    resumed = f", resumed after {result.resumed_from}" if result.resumed_from else ""
+    reporter.log(
+        f"wrote {result.output}: {result.num_rows} x {result.dim} embeddings at "
+        f"{result.resolution} px{skipped}{resumed} ({result.images_per_second:.1f} img/s on "
+        f"{result.device})")
+
+
+command.__doc__ = (command.__doc__ or "") + EXAMPLES
