@@ -96,6 +96,8 @@ def _register_all() -> None:
     register("download", download.command)
     from raml_cli.cli import train_teacher
     register("train-teacher", train_teacher.command)
+    from raml_cli.cli import embed
+    register("embed", embed.command)
     pass
 
 
