@@ -1,0 +1,357 @@
+"""Where each query's positives land in its full ranking of the database, in bounded memory.
+
+Every metric raml reports (recall@K, AP, trapezoid AP, MAP@R) is a function of the
+0-based ranks of a query's positives in the ranking of the whole database, so this
+module computes exactly those ranks and nothing else. It never holds the query x
+database score matrix and never sorts a whole row:
+
+1. Queries are processed in blocks of ``block_size`` rows. For each query the inner
+   products with its own positives are computed first (a small batched product) and
+   give a threshold a hair below the lowest positive score.
+2. The database is scanned in chunks of ``chunk_size`` rows: one float32 matrix product
+   ``[b, D] x [D, c]`` per chunk (small enough to stay in cache), then one comparison
+   with the thresholds keeps the *candidates*: the items that score at least as high
+   as some positive. Every other item scores below all positives of that query, so it
+   ranks below all of them and does not change their ranks.
+3. The candidates of the block (typically a few hundred per query) are keyed by
+   (query, score descending) and sorted; a positive's rank is the number of its
+   query's candidates with a smaller key (a binary search), plus, only where scores
+   are equal, the candidates with the same key and a lower database row: the tie
+   rule (equal scores are ordered by database row, lower row first).
+
+The threshold comes from a separate product, whose rounding may differ from the
+chunked product's; it is lowered by a rigorous bound on float32 dot-product error,
+and a query whose positives were not all found is recomputed with no threshold, so
+the ranks are exact for the scores of the chunked product in every case.
+
+Ranking: by inner product of float32 vectors, descending; ties by database row order.
+A database row with label ``-1`` is never a positive; a query with label ``-1`` has no
+positive. ``self_index[q]`` (``-1``: none) names the database row removed from query
+``q``'s ranking (self-exclusion): it is neither ranked nor a positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raml_cli.errors import InputError
+
+DEFAULT_BLOCK_SIZE = 512
+DEFAULT_CHUNK_SIZE = 4096
+DEFAULT_MAX_CANDIDATES = 1 << 22
+_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+# Elements of the batched positive-score product (bounds its temporary memory).
+_POSITIVE_GATHER_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class ClassIndex:
+    """The database rows of each class, for finding a query's positives fast.
+
+    Attributes:
+        labels: int64 ``[C]``, the sorted distinct labels ``>= 0`` of the database.
+        starts: int64 ``[C]``, where each class begins in ``members``.
+        counts: int64 ``[C]``, rows per class.
+        members: int64 ``[M]``, database rows grouped by class, ascending within a class.
+    """
+
+    labels: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    members: np.ndarray
+
+    @classmethod
+    def from_labels(cls, database_labels: np.ndarray) -> ClassIndex:
+        """Index ``database_labels`` (int ``[N]``); rows labelled ``-1`` are left out."""
+        labels = np.asarray(database_labels, dtype=np.int64)
+        known = np.flatnonzero(labels >= 0)
+        order = known[np.argsort(labels[known], kind="stable")]
+        distinct, starts, counts = np.unique(labels[order], return_index=True,
+                                             return_counts=True)
+        return cls(distinct.astype(np.int64), starts.astype(np.int64),
+                   counts.astype(np.int64), order.astype(np.int64))
+
+    def lookup(self, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, counts)`` int64 ``[Q]`` of each query's class; count 0 if absent or -1."""
+        query_labels = np.asarray(query_labels, dtype=np.int64)
+        starts = np.zeros(query_labels.shape, dtype=np.int64)
+        counts = np.zeros(query_labels.shape, dtype=np.int64)
+        if len(self.labels) == 0:
+            return starts, counts
+        slot = np.minimum(np.searchsorted(self.labels, query_labels), len(self.labels) - 1)
+        found = (self.labels[slot] == query_labels) & (query_labels >= 0)
+        starts[found] = self.starts[slot[found]]
+        counts[found] = self.counts[slot[found]]
+        return starts, counts
+
+
+def count_positives(query_labels: np.ndarray, database_labels: np.ndarray,
+                    self_index: np.ndarray, index: ClassIndex | None = None) -> np.ndarray:
+    """Positives per query (int64 ``[Q]``): same-label database rows, minus the excluded row."""
+    database_labels = np.asarray(database_labels, dtype=np.int64)
+    query_labels = np.asarray(query_labels, dtype=np.int64)
+    index = index or ClassIndex.from_labels(database_labels)
+    _, counts = index.lookup(query_labels)
+    has_self = self_index >= 0
+    self_label = np.where(has_self, database_labels[np.maximum(self_index, 0)], -1)
+    self_is_positive = has_self & (query_labels >= 0) & (self_label == query_labels)
+    return counts - self_is_positive.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PositiveRanks:
+    """The ranks of the positives of a block of queries.
+
+    Attributes:
+        query_index: int64 ``[Q]``, the query rows covered (ascending); each has >= 1 positive.
+        offsets: int64 ``[Q + 1]``; query ``query_index[i]`` has the ranks
+            ``ranks[offsets[i]:offsets[i + 1]]``.
+        ranks: int64 ``[R]``, 0-based positions in the query's ranking of the database
+            (after self-exclusion), ascending within each query.
+    """
+
+    query_index: np.ndarray
+    offsets: np.ndarray
+    ranks: np.ndarray
+
+    @property
+    def num_positives(self) -> np.ndarray:
+        """int64 ``[Q]``: positives per query."""
+        return np.diff(self.offsets)
+
+
+def positive_ranks(
+    query: torch.Tensor,
+    query_labels: np.ndarray,
+    database: torch.Tensor,
+    database_labels: np.ndarray,
+    self_index: np.ndarray | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+) -> Iterator[PositiveRanks]:
+    """Yield the exact positive ranks of every query that has a positive, block by block.
+
+    Args:
+        query: float32 ``[M, D]`` query vectors (CPU).
+        query_labels: int ``[M]`` class ids, ``-1`` = unknown (no positive).
+        database: float32 ``[N, D]`` database vectors (CPU).
+        database_labels: int ``[N]`` class ids, ``-1`` = unknown (never a positive).
+        self_index: int ``[M]``, the database row left out of each query's ranking, ``-1``
+            for none; ``None`` = nothing excluded.
+        block_size: queries per block.
+        chunk_size: database rows per score product.
+        max_candidates: candidates held at once per block; a block that would exceed it
+            (embeddings that rank positives very low) is split, so memory stays bounded.
+
+    Yields:
+        :class:`PositiveRanks`, blocks in ascending query order; queries without a
+        positive are skipped.
+    """
+    if block_size < 1 or chunk_size < 1:
+        raise InputError("block_size and chunk_size must be positive integers.")
+    query = query.to(torch.float32).contiguous()
+    database = database.to(torch.float32).contiguous()
+    num_queries, num_database = query.shape[0], database.shape[0]
+    query_labels = np.asarray(query_labels, dtype=np.int64)
+    database_labels = np.asarray(database_labels, dtype=np.int64)
+    if self_index is None:
+        self_index = np.full(num_queries, -1, dtype=np.int64)
+    self_index = np.asarray(self_index, dtype=np.int64)
+    index = ClassIndex.from_labels(database_labels)
+    expected = count_positives(query_labels, database_labels, self_index, index)
+    pending = np.flatnonzero(expected > 0)
+    context = _Context(query, query_labels, database, database_labels, self_index, index,
+                       chunk_size, max(int(max_candidates), num_database))
+    start, size = 0, int(block_size)
+    while start < len(pending):
+        rows = pending[start:start + size]
+        block = _rank_block(context, rows, expected[rows])
+        if block is None:  # too many candidates: halve the block, here and from now on
+            size = max(1, len(rows) // 2)
+            continue
+        yield block
+        start += len(rows)
+
+
+@dataclass
+class _Context:
+    query: torch.Tensor
+    query_labels: np.ndarray
+    database: torch.Tensor
+    database_labels: np.ndarray
+    self_index: np.ndarray
+    index: ClassIndex
+    chunk_size: int
+    max_candidates: int
+
+    def __post_init__(self) -> None:
+        self.query_np = self.query.numpy()
+        self.database_np = self.database.numpy()
+        self.max_database_norm = (float(np.linalg.norm(self.database_np, axis=1).max())
+                                  if len(self.database_np) else 0.0)
+
+
+def _rank_block(ctx: _Context, rows: np.ndarray, expected: np.ndarray) -> PositiveRanks | None:
+    """Exact positive ranks of the queries ``rows``; ``None`` if the candidates overflow."""
+    queries = ctx.query_np[rows]
+    found = _positive_ranks_of(ctx, rows, queries, _thresholds(ctx, rows, queries), limit=True)
+    if found is None:
+        return None
+    pos_rows, ranks = found
+    missed = np.flatnonzero(np.bincount(pos_rows, minlength=len(rows)) != expected)
+    if missed.size:
+        # A positive fell below its threshold (rounding beyond the bound): redo those
+        # queries with no threshold, so that every item is a candidate.
+        again_rows, again_ranks = _unthresholded_ranks(ctx, rows, queries, missed)
+        if not np.array_equal(np.bincount(again_rows, minlength=len(rows))[missed],
+                              expected[missed]):
+            raise InputError("Some inner products are not finite (vectors too large?), so "
+                             "the ranking is undefined. Use L2-normalised embeddings.")
+        keep = ~np.isin(pos_rows, missed)
+        pos_rows = np.concatenate([pos_rows[keep], again_rows])
+        ranks = np.concatenate([ranks[keep], again_ranks])
+        order = np.lexsort((ranks, pos_rows))
+        pos_rows, ranks = pos_rows[order], ranks[order]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(expected, out=offsets[1:])
+    return PositiveRanks(rows.astype(np.int64), offsets, ranks.astype(np.int64))
+
+
+def _unthresholded_ranks(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
+                         missed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positive ranks of the block rows ``missed`` with every item a candidate."""
+    step = max(1, ctx.max_candidates // max(1, ctx.database_np.shape[0]))
+    found_rows, found_ranks = [], []
+    for first in range(0, missed.size, step):
+        part = missed[first:first + step]
+        no_threshold = np.full(part.size, -np.inf, dtype=np.float32)
+        result = _positive_ranks_of(ctx, rows[part], queries[part], no_threshold, limit=False)
+        assert result is not None
+        found_rows.append(part[result[0]])
+        found_ranks.append(result[1])
+    return np.concatenate(found_rows), np.concatenate(found_ranks)
+
+
+def _thresholds(ctx: _Context, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """float32 ``[b]``: a value at or below every positive score of each query.
+
+    The positive scores are computed here by a batched product (numpy) whose float32
+    rounding may differ from the chunked product's by at most ``2 * D * u * |q| * max|d|``
+    (u: unit roundoff; any summation order), so the minimum is lowered by a little more.
+    """
+    starts, counts = ctx.index.lookup(ctx.query_labels[rows])
+    width = int(counts.max()) if len(counts) else 0
+    dim = queries.shape[1]
+    lowest = np.full(len(rows), np.inf, dtype=np.float32)
+    step = max(1, _POSITIVE_GATHER_ELEMENTS // max(1, len(rows) * dim))
+    self_rows = ctx.self_index[rows][:, None]
+    last = max(len(ctx.index.members) - 1, 0)
+    for first in range(0, width, step):
+        offsets = np.arange(first, min(width, first + step))[None, :]
+        valid = offsets < counts[:, None]
+        items = ctx.index.members[np.minimum(starts[:, None] + offsets, last)]
+        valid &= items != self_rows
+        scores = np.einsum("bpd,bd->bp", ctx.database_np[items], queries)
+        lowest = np.minimum(lowest, np.where(valid, scores, np.inf).min(axis=1))
+    norms = np.linalg.norm(queries, axis=1)
+    margin = (2.0 * dim * _FLOAT32_UNIT_ROUNDOFF * 1.5) * norms * ctx.max_database_norm
+    return (lowest.astype(np.float64) - margin - 1e-30).astype(np.float32)
+
+
+def _candidates(ctx: _Context, queries: np.ndarray, thresholds: np.ndarray, limit: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The items scoring at least the threshold: ``(block_row, database_row, score)``.
+
+    Scores come from one float32 product per database chunk; the comparison and the
+    extraction run in numpy (single-threaded, vectorised), which is much cheaper than
+    the product. ``None`` when ``limit`` is set and more than ``ctx.max_candidates``
+    turn up.
+    """
+    rows, cols, values = [], [], []
+    total = 0
+    queries_t = torch.from_numpy(np.ascontiguousarray(queries))
+    column = thresholds[:, None]
+    buffers: dict[int, torch.Tensor] = {}
+    for first in range(0, ctx.database.shape[0], ctx.chunk_size):
+        chunk = ctx.database[first:first + ctx.chunk_size]
+        out = buffers.get(chunk.shape[0])
+        if out is None:
+            out = buffers[chunk.shape[0]] = torch.empty(queries.shape[0], chunk.shape[0])
+        scores = torch.mm(queries_t, chunk.T, out=out).numpy()
+        flat = np.flatnonzero(scores >= column)
+        total += flat.size
+        if limit and total > ctx.max_candidates and queries.shape[0] > 1:
+            return None
+        hit_rows = flat // scores.shape[1]
+        rows.append(hit_rows)
+        cols.append(flat - hit_rows * scores.shape[1] + first)
+        values.append(scores.ravel()[flat])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
+
+
+def _positive_ranks_of(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
+                       thresholds: np.ndarray, limit: bool
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rank the positives of the queries ``rows`` among their candidates.
+
+    A positive's rank is the number of candidates of its query that come before it:
+    a higher score, or an equal score and a lower database row. Candidates are keyed
+    by (query, score descending) and the keys sorted once; each positive's count of
+    strictly better candidates is a binary search in them. Only positives whose key
+    is shared with another candidate (equal scores, rare outside duplicate images)
+    need the database rows to break the tie.
+
+    Returns ``(block_row, rank)`` int64 arrays, one entry per positive found, sorted by
+    block row then rank; ``None`` if the candidates overflow (see :func:`_candidates`).
+    """
+    found = _candidates(ctx, queries, thresholds, limit)
+    if found is None:
+        return None
+    block_rows, cols, scores = found
+    not_self = cols != ctx.self_index[rows][block_rows]
+    block_rows, cols, scores = block_rows[not_self], cols[not_self], scores[not_self]
+    keys = _row_score_key(block_rows, scores)
+    positive = ctx.database_labels[cols] == ctx.query_labels[rows][block_rows]
+    pos_rows, pos_keys, pos_cols = block_rows[positive], keys[positive], cols[positive]
+    sorted_keys = np.sort(keys)
+    better = np.searchsorted(sorted_keys, pos_keys, side="left")
+    tied = np.searchsorted(sorted_keys, pos_keys, side="right") - better > 1
+    row_start = np.cumsum(np.bincount(block_rows, minlength=len(rows))) \
+        - np.bincount(block_rows, minlength=len(rows))
+    ranks = better - row_start[pos_rows]
+    if tied.any():
+        ranks[tied] += _earlier_rows_with_equal_key(keys, cols, pos_keys[tied], pos_cols[tied])
+    order = np.lexsort((ranks, pos_rows))
+    return pos_rows[order].astype(np.int64), ranks[order].astype(np.int64)
+
+
+def _earlier_rows_with_equal_key(keys: np.ndarray, cols: np.ndarray, tied_keys: np.ndarray,
+                                 tied_cols: np.ndarray) -> np.ndarray:
+    """For each tied positive, the candidates with its key and a lower database row."""
+    groups = np.unique(tied_keys)
+    members = np.flatnonzero(np.isin(keys, groups))
+    span = int(cols.max()) + 1
+    group_of = np.searchsorted(groups, keys[members]).astype(np.int64)
+    ordered = np.sort(group_of * span + cols[members])
+    tied_group = np.searchsorted(groups, tied_keys).astype(np.int64)
+    position = np.searchsorted(ordered, tied_group * span + tied_cols, side="left")
+    group_start = np.searchsorted(ordered, tied_group * span, side="left")
+    return position - group_start
+
+
+def _row_score_key(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """int64 keys ordering by row ascending, then float32 score descending, exactly.
+
+    A float32's bit pattern, read as int32 and with the magnitude bits of negative
+    values flipped, is monotone in the float's value; ``-0.0`` is first made ``+0.0``.
+    """
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
+    bits = bits.astype(np.int64)
+    monotone = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # in [-2^31, 2^31)
+    descending = (1 << 31) - 1 - monotone  # in [0, 2^32)
+    return (rows.astype(np.int64) << 32) | descending
