@@ -36,6 +36,8 @@ from raml_cli.errors import DownloadError
 from raml_cli.progress import NULL_REPORTER, Bar, Reporter
 
 MIB = 1 << 20
+#: Seconds before the first retry of a URL that brought no new bytes (doubled each time).
+RETRY_BACKOFF_S = 1.0
 USER_AGENT = f"raml/{__version__} (+https://github.com/pavelsuma/raml)"
 
 
@@ -62,7 +64,7 @@ def _mib(n: int | None) -> float | None:
 
 def download_file(urls: Sequence[str], dest: Path, *, md5: str | None = None,
                   size: int | None = None, reporter: Reporter | None = None,
-                  timeout: float = 30.0, attempts: int = 4, backoff: float = 1.0,
+                  timeout: float = 30.0, attempts: int = 4, backoff: float | None = None,
                   chunk_size: int = MIB) -> Path:
     """Download one file from the first URL that delivers it intact.
 
@@ -75,7 +77,8 @@ def download_file(urls: Sequence[str], dest: Path, *, md5: str | None = None,
         timeout: seconds to wait for a connection or for the next bytes.
         attempts: tries per URL in a row that bring no new bytes (a transfer that makes
             progress and then drops is resumed without counting against this).
-        backoff: seconds before the first retry; doubled each time, at most 30.
+        backoff: seconds before the first retry (default :data:`RETRY_BACKOFF_S`); doubled
+            each time, at most 30.
         chunk_size: bytes per read.
 
     Returns:
@@ -85,6 +88,7 @@ def download_file(urls: Sequence[str], dest: Path, *, md5: str | None = None,
         DownloadError: every URL failed; the message lists each URL and why.
     """
     reporter = reporter or NULL_REPORTER
+    backoff = RETRY_BACKOFF_S if backoff is None else backoff
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():

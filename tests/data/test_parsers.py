@@ -79,8 +79,8 @@ def test_cars_annos_mat_layout_matches_the_conversion(tmp_path, make):
     records = []
     for line in rows.splitlines():
         path, label, test = line.split(",")
-        records.append({"relative_im_path": path, "bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 3,
-                        "bbox_y2": 4, "class": int(label), "test": int(test)})
+        # (the bbox_* fields are left out: writing 16,185 x 7 MATLAB values takes seconds)
+        records.append({"relative_im_path": path, "class": int(label), "test": int(test)})
     make.write_mat(tmp_path / "cars_annos.mat", records, list(CARS196_CLASS_NAMES))
     parsed = parse_cars(tmp_path)
     assert parsed.layout == "car_ims"
