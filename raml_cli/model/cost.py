@@ -68,3 +68,27 @@ def latency_ms(network: nn.Module, res: int, device: str | torch.device = "cpu",
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
+
+
+def profile(network: nn.Module, resolutions: list[int], device: str | torch.device = "cpu",
+            repeats: int = 5, measure_latency: bool = True) -> list[dict[str, float | int]]:
+    """The trade-off table: per resolution, MACs per image and batch-1 latency.
+
+    Returns:
+        One dict per resolution: ``resolution`` (px), ``macs`` (per image), ``gmacs``,
+        ``relative_macs`` (to the largest resolution), and ``latency_ms`` (median of
+        ``repeats`` batch-1 passes; ``None`` when not measured).
+    """
+    device = torch.device(device)
+    network = network.to(device).eval()
+    rows = []
+    for res in resolutions:
+        macs = macs_per_image(network, res)
+        ms = latency_ms(network, res, device, repeats=repeats, warmup=1) if measure_latency \
+            else None
+        rows.append({"resolution": int(res), "macs": macs, "gmacs": macs / 1e9,
+                     "latency_ms": ms})
+    largest = max(r["macs"] for r in rows) if rows else 1
+    for row in rows:
+        row["relative_macs"] = row["macs"] / largest
+    return rows

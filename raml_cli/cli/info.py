@@ -1,0 +1,95 @@
+"""``raml info``: what a model file holds, and what a query costs at each resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt
+
+EXAMPLES = """
+Examples:
+
+    raml info teacher.safetensors
+
+    raml info student.safetensors --res 112,224,448 --json
+
+    raml info teacher.safetensors --no-latency
+"""
+
+
+def _resolutions(text: str | None, default: int) -> list[int]:
+    from raml_cli.errors import InputError
+
+    if not text:
+        return sorted({112, 224, 448, default})
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as err:
+        raise InputError(f"--res {text!r}: give comma-separated pixel sizes, e.g. "
+                         "112,224,448.") from err
+    if not values or min(values) < 8:
+        raise InputError(f"--res {text!r}: every resolution must be at least 8 pixels.")
+    return values
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="A model file (.safetensors).")],
+    res: Annotated[str | None, typer.Option(
+        "--res", help="Comma-separated resolutions to cost, e.g. 112,224,448. Default: "
+        "112, 224, 448 and the model's own.")] = None,
+    latency: Annotated[bool, typer.Option(
+        "--latency/--no-latency", help="Also time a batch-1 forward pass per resolution "
+        "(median of --repeats).")] = True,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed passes per "
+                                         "resolution.")] = 5,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Show a model file's metadata and its query cost: MACs per image and measured latency
+    per resolution (the speed side of the paper's trade-off).
+
+    MACs count the multiply-accumulates of convolutions and linear layers of one image;
+    latency is the median wall time of one image on --device (channels-last; bf16 on CUDA).
+    """
+    from raml_cli.devices import resolve_device
+    from raml_cli.model.cost import profile
+    from raml_cli.model.files import load_model
+    from raml_cli.progress import Reporter
+
+    reporter = Reporter(quiet=quiet)
+    target = resolve_device(device)
+    network, info = load_model(model, target)
+    resolutions = _resolutions(res, info.resolution)
+    reporter.log(f"costing {info.architecture} at {', '.join(map(str, resolutions))} px on "
+                 f"{target}")
+    rows = profile(network, resolutions, target, repeats=repeats, measure_latency=latency)
+    if json_output:
+        from raml_cli.cli.render import print_json
+
+        out = info.as_dict()
+        out["device"] = str(target)
+        out["cost"] = rows
+        print_json(out)
+        return
+    from raml_cli.cli.render import print_table
+
+    teacher = f"\nteacher_sha256: {info.teacher_sha256}" if info.teacher_sha256 else ""
+    print_table(
+        f"{model}", ["field", "value"],
+        [["role", info.role], ["architecture", info.architecture],
+         ["pooling / whitening", f"{info.pooling} / {info.whitening or 'none'}"],
+         ["embedding size", info.embedding_dim], ["trained at", f"{info.resolution} px"],
+         ["dataset", info.dataset], ["mean / std", f"{list(info.mean)} / {list(info.std)}"],
+         ["raml version", info.raml_version], ["sha256", info.sha256[:16] + "..."]],
+        caption=teacher.strip() or None)
+    print_table(
+        f"Query cost on {target}", ["resolution", "GMACs / image", "relative", "latency ms"],
+        [[f"{r['resolution']} px", f"{r['gmacs']:.3g}", f"{r['relative_macs']:.3f}",
+          "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"] for r in rows])
+
+
+command.__doc__ = (command.__doc__ or "") + EXAMPLES

@@ -1,0 +1,81 @@
+"""`raml embed` on the command line: CliRunner for the cases, one real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from raml_cli.cli.app import app
+from raml_cli.store import read_embeddings
+
+runner = CliRunner()
+
+
+def test_images_folder_to_json_summary(model_file, image_dir, tmp_path):
+    root, samples = image_dir
+    out = tmp_path / "db.h5"
+    result = runner.invoke(app, ["embed", str(model_file), "--images", str(root), "-o",
+                                 str(out), "--device", "cpu", "--batch-size", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["num_rows"] == 8 and summary["resolution"] == 48
+    assert summary["split"] == "images" and summary["num_skipped"] == 0
+    data = read_embeddings(out)
+    assert sorted(data.labels.tolist()) == [1, 1, 1, 1, 2, 2, 2, 2]
+
+
+def test_dataset_csv_split_and_resolution(model_file, image_dir, tmp_path):
+    root, samples = image_dir
+    csv = root / "data.csv"
+    csv.write_text("path,label,split\n" + "".join(
+        f"{s.path},{s.label},{'test' if s.label == 2 else 'train'}\n" for s in samples))
+    out = tmp_path / "q.h5"
+    result = runner.invoke(app, ["embed", str(model_file), "--dataset", str(csv), "--split",
+                                 "test", "--res", "32", "-o", str(out), "--device", "cpu",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    data = read_embeddings(out)
+    assert data.attrs["resolution"] == 32 and data.attrs["split"] == "test"
+    assert set(data.labels.tolist()) == {2} and len(data.paths) == 4
+
+
+def test_user_errors_are_one_message_and_exit_2(model_file, image_dir, tmp_path):
+    root, _ = image_dir
+    cases = [
+        (["embed", str(model_file), "-o", str(tmp_path / "x.h5")], "exactly one input"),
+        (["embed", str(model_file), "--images", str(root), "--dataset", "toy", "-o",
+          str(tmp_path / "x.h5")], "exactly one input"),
+        (["embed", str(tmp_path / "nope.safetensors"), "--images", str(root), "-o",
+          str(tmp_path / "x.h5")], "does not exist"),
+        (["embed", str(model_file), "--images", str(root), "-o", str(tmp_path / "x.h5"),
+          "--device", "cuda:7"], "--device"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_help_shows_an_example():
+    result = runner.invoke(app, ["embed", "--help"])
+    assert result.exit_code == 0 and "raml embed teacher.safetensors" in result.stdout
+
+
+@pytest.mark.slow
+def test_subprocess_with_skip_bad(model_file, image_dir, tmp_path):
+    root, _ = image_dir
+    (root / "001.crow" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "db.h5"
+    base = [sys.executable, "-m", "raml_cli", "embed", str(model_file), "--images", str(root),
+            "-o", str(out), "--device", "cpu", "--json"]
+    failed = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "broken.jpg" in failed.stderr
+    assert failed.stdout == "" and not out.exists()
+    done = subprocess.run(base + ["--skip-bad", "--resume"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["skipped"] == ["001.crow/broken.jpg"] and summary["num_rows"] == 8

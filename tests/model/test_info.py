@@ -1,0 +1,35 @@
+"""`raml info`: metadata and the per-resolution cost table."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from raml_cli.cli.app import app
+from raml_cli.model.files import save_model
+from raml_cli.model.network import NetworkConfig, build_network
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_info_json_and_table(tmp_path):
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "s.safetensors",
+                      build_network(NetworkConfig("resnet10t", whitening=8)), resolution=32,
+                      role="student", dataset="toy", config={"query_res": 32},
+                      teacher_sha256="ab" * 32)
+    result = runner.invoke(app, ["info", str(path), "--res", "32,64", "--repeats", "1",
+                                 "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["role"] == "student" and info["teacher_sha256"] == "ab" * 32
+    assert info["config"] == {"query_res": 32} and info["embedding_dim"] == 8
+    cost = {row["resolution"]: row for row in info["cost"]}
+    assert cost[64]["macs"] > 3.9 * cost[32]["macs"] and cost[64]["relative_macs"] == 1.0
+    assert cost[32]["latency_ms"] > 0
+    table = runner.invoke(app, ["info", str(path), "--res", "32", "--no-latency"])
+    assert table.exit_code == 0 and "GMACs" in table.stdout and "student" in table.stdout
+    bad = runner.invoke(app, ["info", str(path), "--res", "a,b"])
+    assert bad.exit_code == 2 and "comma-separated" in bad.stderr
