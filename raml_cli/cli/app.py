@@ -98,6 +98,10 @@ def _register_all() -> None:
     register("train-teacher", train_teacher.command)
     from raml_cli.cli import embed
     register("embed", embed.command)
+    from raml_cli.cli import info
+    register("info", info.command)
+    from raml_cli.cli import evaluate
+    register("evaluate", evaluate.command)
     pass
 
 
