@@ -100,8 +100,6 @@ def _register_all() -> None:
     register("embed", embed.command)
     from raml_cli.cli import info
     register("info", info.command)
-    from raml_cli.cli import evaluate
-    register("evaluate", evaluate.command)
     pass
 
 
