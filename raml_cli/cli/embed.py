@@ -90,6 +90,8 @@ def command(
         model, output, samples, image_root, dataset=dataset_name, split=split_name, res=res,
         batch_size=batch_size, workers=workers, device=device, resume=resume,
         skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter)
+    if result.rank != 0:  # under torchrun only the writing process reports
+        return
     if json_output:
         from raml_cli.cli.render import print_json
 

@@ -68,6 +68,7 @@ class EmbedResult:
         skipped: input paths left out as unreadable (``--skip-bad``).
         resumed_from: inputs already done in the ``.partial`` file when resuming (0 if not).
         seconds: wall time of this run's extraction; ``images_per_second`` its throughput.
+        rank: this process's rank under torchrun; rank 0 wrote the file and reports.
     """
 
     output: Path
@@ -88,9 +89,11 @@ class EmbedResult:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
+    rank: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["rank"]
         out["output"] = str(self.output)
         out["num_skipped"] = len(self.skipped)
         return out
@@ -384,7 +387,7 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
         architecture=info.architecture, dataset=dataset, split=split, device=str(device),
         batch_size=batch_size, workers=workers, world_size=world, resumed_from=start,
         skipped=list(skipped_total), seconds=seconds,
-        images_per_second=(len(samples) - start) / seconds if seconds > 0 else 0.0)
+        images_per_second=(len(samples) - start) / seconds if seconds > 0 else 0.0, rank=rank)
 
 
 def _open_writer(output: str | os.PathLike, dim: int, attrs: dict, chunk_rows: int,

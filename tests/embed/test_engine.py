@@ -46,7 +46,7 @@ def test_resolution_option_and_in_memory_agree(model_file, image_dir, tmp_path):
     assert data.attrs["resolution"] == 32
     network, _ = load_model(model_file)
     network.train()
-    rows = embed_in_memory(network, samples, root, 32, batch_size=5)
+    rows = embed_in_memory(network, samples, root, 32, batch_size=5, workers=1)
     assert network.training  # mode restored
     np.testing.assert_allclose(rows, data.embeddings, atol=1e-5)
 
