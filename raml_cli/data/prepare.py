@@ -24,7 +24,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,14 +96,51 @@ def prepare_dataset(name: str, root: Path = Path("data"), archives: Sequence[Pat
             reporter.log(f"{name} is already verified in {dataset_dir(name, root)}; the "
                          "--archive files were not needed.")
         return ready
-    if len(archives) == 1 and archives[0].is_dir():
-        return _adopt_folder(spec, root, archives[0], reporter)
-    _check_target_free(spec, root)
-    if spec.generate is not None:
-        return _generate(spec, root, seed, reporter)
-    if archives:
-        return _ingest_files(spec, root, archives, verify, reporter)
-    return _download(spec, root, verify, reporter, timeout, mirrors or {})
+    with _exclusive(spec, root):
+        ready = _already_verified(spec, root, seed, NULL_REPORTER)  # done by another run?
+        if ready is not None:
+            return ready
+        _remove_leftovers(spec, root)
+        if len(archives) == 1 and archives[0].is_dir():
+            return _adopt_folder(spec, root, archives[0], reporter)
+        _check_target_free(spec, root)
+        if spec.generate is not None:
+            return _generate(spec, root, seed, reporter)
+        if archives:
+            return _ingest_files(spec, root, archives, verify, reporter)
+        return _download(spec, root, verify, reporter, timeout, mirrors or {})
+
+
+@contextmanager
+def _exclusive(spec: DatasetSpec, root: Path) -> Iterator[None]:
+    """One ``raml download NAME`` at a time per root (POSIX ``flock``; a no-op elsewhere)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks in the standard library
+        yield
+        return
+    lock = root / f".{spec.name}.lock"
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"Another `raml download {spec.name}` is working on "
+                            f"{dataset_dir(spec.name, root)} (it holds {lock}). Wait for it "
+                            "to finish, then run again.") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(spec: DatasetSpec, root: Path) -> None:
+    """Temporary folders of an earlier run that was killed (we hold the lock: none is live)."""
+    for pattern in (f".{spec.name}.staging-*", f"..{spec.name}.staging-*",
+                    f".{spec.name}.old-*"):
+        for path in root.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _already_verified(spec: DatasetSpec, root: Path, seed: int,

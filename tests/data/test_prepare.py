@@ -92,6 +92,15 @@ def test_malicious_archive_leaves_nothing_behind(tmp_path, server, local_spec, m
     assert leftovers(tmp_path / "root") == [".downloads"]
 
 
+def test_mirrors_replace_the_catalogue_urls(tmp_path, server, local_spec, make, dead_url):
+    local_spec("cub200", [[("CUB_200_2011.tgz", [dead_url], None)]], CUB_SMALL)
+    server.files["mirror/CUB_200_2011.tgz"] = make.tar(make.cub_files())
+    splits = prepare_dataset("cub200", tmp_path, mirrors={
+        "CUB_200_2011.tgz": [server.url("mirror/CUB_200_2011.tgz")]})
+    assert splits.summary()["train"]["images"] == 6
+    assert server.paths_requested() == ["mirror/CUB_200_2011.tgz"]
+
+
 def test_sop_zip_download(tmp_path, server, local_spec, make):
     archive = make.zip(make.sop_files(train_classes=3, test_classes=2, per_class=2))
     local_spec("sop", [[make.LocalRelease("Stanford_Online_Products.zip", archive)]],
@@ -255,6 +264,22 @@ def _cub_tree(per_class: int) -> dict[str, bytes]:
     files["image_class_labels.txt"] = "\n".join(labels).encode()
     files["classes.txt"] = "".join(f"{c} {c:03d}.c{c}\n" for c in range(1, 5)).encode()
     return files
+
+
+def test_concurrent_run_is_refused_and_killed_runs_are_cleaned(tmp_path, server, local_spec,
+                                                              make):
+    import fcntl
+
+    local_spec("cub200", [[make.LocalRelease("CUB_200_2011.tgz", make.tar(make.cub_files()))]],
+               CUB_SMALL)
+    (tmp_path / ".cub200.staging-deadbeef" / "CUB_200_2011").mkdir(parents=True)
+    with open(tmp_path / ".cub200.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DataError, match="Another `raml download cub200` is working"):
+            prepare_dataset("cub200", tmp_path)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    prepare_dataset("cub200", tmp_path)
+    assert leftovers(tmp_path) == []
 
 
 def test_generated_dataset_follows_the_seed(tmp_path, monkeypatch):
