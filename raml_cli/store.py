@@ -118,8 +118,9 @@ def _validate_arrays(embeddings: np.ndarray, labels: np.ndarray, paths: Sequence
     if embeddings.ndim != 2:
         raise InputError(f"Embeddings must be a [N, D] matrix, got shape {embeddings.shape}.")
     if labels.shape != (embeddings.shape[0],) or len(paths) != embeddings.shape[0]:
+        num_labels = labels.shape[0] if labels.ndim == 1 else f"shape {labels.shape}"
         raise InputError(
-            f"Row counts differ: {embeddings.shape[0]} embeddings, {labels.shape[0]} labels, "
+            f"Row counts differ: {embeddings.shape[0]} embeddings, {num_labels} labels, "
             f"{len(paths)} paths."
         )
 
@@ -353,6 +354,11 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         if missing:
             raise FormatError(f"{file} lacks the dataset(s) {', '.join('/' + m for m in missing)}"
                               " that every raml embeddings file has.")
+        not_data = [name for name in ("embeddings", "labels", "paths")
+                    if not isinstance(handle[name], h5py.Dataset)]
+        if not_data:
+            raise FormatError(f"In {file}, {', '.join('/' + m for m in not_data)} is not a "
+                              "dataset (found a group). Re-create the file with `raml embed`.")
         emb_ds, lab_ds, path_ds = handle["embeddings"], handle["labels"], handle["paths"]
         if emb_ds.ndim != 2:
             raise FormatError(f"/embeddings in {file} has rank {emb_ds.ndim}; expected a "
@@ -362,8 +368,9 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         if lab_ds.ndim != 1 or lab_ds.dtype.kind not in "iu":
             raise FormatError(f"/labels in {file} must be a 1-d integer array; found dtype "
                               f"{lab_ds.dtype} with shape {lab_ds.shape}.")
-        if path_ds.ndim != 1:
-            raise FormatError(f"/paths in {file} must be a 1-d array of strings.")
+        if path_ds.ndim != 1 or h5py.check_string_dtype(path_ds.dtype) is None:
+            raise FormatError(f"/paths in {file} must be a 1-d array of strings; found dtype "
+                              f"{path_ds.dtype} with shape {path_ds.shape}.")
         n = emb_ds.shape[0]
         if lab_ds.shape[0] != n or path_ds.shape[0] != n:
             raise FormatError(f"{file} is inconsistent: {n} embeddings, {lab_ds.shape[0]} "
