@@ -100,6 +100,8 @@ def _register_all() -> None:
     register("embed", embed.command)
     from raml_cli.cli import info
     register("info", info.command)
+    from raml_cli.cli import evaluate
+    register("evaluate", evaluate.command)
     pass
 
 
