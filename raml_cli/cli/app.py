@@ -73,8 +73,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except RamlError as err:
             raise report_error(_escape(str(err)), err.exit_code) from None
         except KeyboardInterrupt:
-            raise report_error("interrupted. Work that can resume was kept: run the same "
-                               "command with --resume to continue.", 130) from None
+            raise report_error("interrupted. Completed work was kept: run the same command "
+                               "again (with --resume where the command has it) to continue.",
+                               130) from None
 
     return wrapper
 
