@@ -1,0 +1,519 @@
+"""Distillation: a student at the query resolution learns the frozen teacher's vectors.
+
+METHOD.md, "Distillation". The teacher ``T`` (a model file, frozen: eval mode, no
+gradients, inference mode, batched) embeds every view at the database resolution
+``R``; the student ``S`` (same architecture) embeds the same view at the query
+resolution ``r`` and is trained, without labels, so that its vectors live in the
+teacher's space. Two modes:
+
+``aug`` (the paper's method)
+    Each training image gives ``P`` coupled views (:mod:`raml_cli.data.coupled`: one
+    random crop box, flip and colour jitter rendered at ``r`` and at ``R``), mixed up
+    with other images' coupled pairs (alpha 0.2). The loss is
+    :func:`~raml_cli.train.distill_loss.distillation_loss`: absolute +
+    ``lambda1`` teacher-student relational + ``lambda2`` student-student relational,
+    summed over the images of a micro-batch.
+
+``regression`` (the cheaper variant)
+    Only the absolute term, ``P = 1``, no augmentation: the student sees the
+    evaluation-transformed image at ``r``; the teacher's vectors of the
+    evaluation-transformed image at ``R`` are computed once and cached in an
+    embeddings file beside the output (``OUT_STEM.teacher-vectors.h5``; reused when
+    its teacher hash, resolution and image list match).
+
+Per epoch, ``images_per_epoch`` training images (reference: 2000; bounded by the
+split) are drawn at random without replacement and cut into micro-batches of
+``batch_size`` images (each with ``P`` views); ``accumulate`` micro-batches make an
+optimiser step (reference: 8 images x 8 views, 25 steps of accumulation). The
+shared loop (:mod:`raml_cli.train.loop`) does the rest: AdamW (GeM's ``p`` at 10x
+the learning rate, no weight decay), one-cycle schedule, checkpoints, ``--resume``,
+DDP, the JSONL log.
+
+With ``val_every > 0`` the student trains on ``fit`` (= ``train`` minus ``val``)
+and is validated *asymmetrically*: student vectors of the ``val`` images at ``r``
+as queries against the teacher's vectors of the same images at ``R`` (each query
+excluded from its own ranking); R@1 and mAP. The *last* model is written, with
+``role=student``, ``resolution=r`` and ``teacher_sha256``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raml_cli.errors import DataError, InputError
+from raml_cli.progress import NULL_REPORTER, Reporter
+from raml_cli.train.loop import (
+    LoopConfig,
+    LoopContext,
+    LossOutput,
+    TrainingResult,
+    TrainingTask,
+    run_training,
+)
+
+MODES = ("aug", "regression")
+INITS = ("teacher", "pretrained", "random")
+
+#: The reference's values (``--preset paper``): METHOD.md and the reference code
+#: (pavelsuma/raml: 8 images x 8 augmentations per micro-batch, 25 micro-batches per
+#: step, 2000 images per epoch, 100 epochs, ImageNet initialisation, seed 1234).
+_PAPER_COMMON: dict[str, Any] = {
+    "mode": "aug", "init": "pretrained", "augs": 8, "mixup": 0.2, "batch_size": 8,
+    "accumulate": 25, "images_per_epoch": 2000, "epochs": 100, "weight_decay": 1e-6,
+    "seed": 1234,
+}
+PAPER_PRESETS: dict[str, dict[str, Any]] = {
+    "cub200": {**_PAPER_COMMON, "lambda1": 0.7718, "lambda2": 0.6684, "lr": 1.4025e-4},
+    "cars196": {**_PAPER_COMMON, "lambda1": 0.6371, "lambda2": 0.7731, "lr": 1.1692e-4},
+    "sop": {**_PAPER_COMMON, "lambda1": 0.7482, "lambda2": 0.6778, "lr": 1.7579e-4},
+}
+
+#: Options that do not change what is computed (a run may resume with other values).
+_RUNTIME_OPTIONS = ("output", "root", "workers", "device", "resume", "checkpoint_every",
+                    "embed_batch_size", "threads", "preset", "teacher")
+
+TEACHER_CACHE_SUFFIX = ".teacher-vectors.h5"
+
+
+@dataclass
+class DistillConfig:
+    """Every option of ``raml distill``.
+
+    Attributes:
+        teacher: the teacher's model file.
+        query_res: ``r``, the student's resolution in pixels.
+        output: the student model file to write (checkpoint and log go beside it).
+        dataset: catalogue name or path of the user's data; default: the teacher's.
+        root: the folder holding the catalogue's datasets; default: the teacher's
+            ``root`` option, else ``data``.
+        database_res: ``R``, the teacher's resolution; default: the teacher's training
+            resolution.
+        init: the student's initial weights: ``teacher`` (a copy of the teacher),
+            ``pretrained`` (ImageNet weights of the architecture, needs the hub or its
+            cache) or ``random``.
+        mode: ``aug`` (coupled augmentations, full loss) or ``regression`` (absolute
+            term on precomputed teacher vectors).
+        augs: ``P``, coupled views per image (``aug`` mode).
+        mixup: mixup's Beta parameter alpha; 0 disables mixup (``aug`` mode).
+        lambda1, lambda2: weights of the teacher-student and the student-student
+            relational terms (``aug`` mode); defaults: the reference's CUB values.
+        epochs: epochs of ``images_per_epoch`` images.
+        lr: peak learning rate of the one-cycle schedule (GeM's p: 10x).
+        weight_decay: AdamW weight decay (none for GeM's p).
+        batch_size: images per micro-batch (each with ``augs`` views).
+        accumulate: micro-batches per optimiser step.
+        images_per_epoch: images per epoch (0: the whole training split).
+        workers: DataLoader worker processes.
+        seed: the run's seed.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        val_every: validate on ``val`` every N epochs (0: never; then train on ``train``).
+        checkpoint_every: also checkpoint every N optimiser steps (0: each epoch only).
+        resume: continue the run whose checkpoint lies beside ``output``.
+        embed_batch_size: images per forward pass for the teacher's cached vectors and
+            validation.
+        threads: CPU threads for PyTorch (None: leave as is).
+        preset: ``paper`` when the reference's values were applied (recorded only).
+    """
+
+    teacher: Path
+    query_res: int
+    output: Path = Path("student.safetensors")
+    dataset: str | None = None
+    root: Path | None = None
+    database_res: int | None = None
+    init: str = "teacher"
+    mode: str = "aug"
+    augs: int = 8
+    mixup: float = 0.2
+    lambda1: float = 0.7718
+    lambda2: float = 0.6684
+    epochs: int = 100
+    lr: float = 1.4025e-4
+    weight_decay: float = 1e-6
+    batch_size: int = 8
+    accumulate: int = 25
+    images_per_epoch: int = 2000
+    workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    val_every: int = 0
+    checkpoint_every: int = 0
+    resume: bool = False
+    embed_batch_size: int = 64
+    threads: int | None = None
+    preset: str | None = None
+
+    @classmethod
+    def from_options(cls, teacher: str | Path, query_res: int, preset: str | None = None,
+                     **given: Any) -> DistillConfig:
+        """Defaults, then the preset's values for the dataset, then the options ``given``.
+
+        ``given`` holds the options the user set (``None`` values are ignored), so a
+        preset never overrides an explicit option. The preset's dataset is ``dataset``
+        when given, else the teacher's (read from its metadata).
+
+        Raises:
+            InputError: an unknown preset, or ``paper`` for a dataset it does not cover.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise TypeError(f"unknown DistillConfig option(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset != "paper":
+                raise InputError(f"Unknown preset {preset!r}. Choose: paper.")
+            dataset = given.get("dataset") or _teacher_info(Path(teacher)).dataset
+            if dataset not in PAPER_PRESETS:
+                raise InputError(
+                    f"--preset paper has the reference's values for "
+                    f"{', '.join(PAPER_PRESETS)}, not for {dataset!r}. Drop --preset and set "
+                    "the options yourself."
+                )
+            values.update(PAPER_PRESETS[dataset])
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(teacher=Path(teacher), query_res=int(query_res), preset=preset, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, JSON-able (what the model file's ``config`` records)."""
+        out = asdict(self)
+        for key in ("teacher", "output", "root"):
+            out[key] = None if out[key] is None else str(out[key])
+        return out
+
+    def check(self) -> None:
+        """Reject option values that cannot work, before any work is done."""
+        rules = [
+            (self.query_res >= 8, f"--query-res must be at least 8 pixels, got "
+                                  f"{self.query_res}."),
+            (self.database_res is None or self.database_res >= 8,
+             f"--database-res must be at least 8 pixels, got {self.database_res}."),
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got "
+                                 f"{self.mode!r}."),
+            (self.init in INITS, f"--init must be one of {', '.join(INITS)}, got "
+                                 f"{self.init!r}."),
+            (self.augs >= 1, f"--augs must be at least 1, got {self.augs}."),
+            (self.mixup >= 0 and math.isfinite(self.mixup),
+             f"--mixup must be >= 0 (0: no mixup), got {self.mixup}."),
+            (self.lambda1 >= 0 and self.lambda2 >= 0,
+             f"--lambda1 and --lambda2 must be >= 0, got {self.lambda1} and {self.lambda2}."),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}."),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
+            (self.images_per_epoch >= 0,
+             f"--images-per-epoch must be >= 0, got {self.images_per_epoch}."),
+            (self.embed_batch_size >= 1, "embed_batch_size must be at least 1."),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise InputError(message)
+        if not Path(self.teacher).is_file():
+            raise InputError(f"The teacher model file {self.teacher} does not exist. Train one "
+                             "with `raml train-teacher`, or give the path of a .safetensors "
+                             "file written by it.")
+
+    @property
+    def views(self) -> int:
+        """``P``: views per image (1 in ``regression`` mode)."""
+        return 1 if self.mode == "regression" else self.augs
+
+
+def _teacher_info(path: Path) -> Any:
+    from raml_cli.model.files import read_model_info
+
+    if not path.is_file():
+        raise InputError(f"The teacher model file {path} does not exist. Train one with "
+                         "`raml train-teacher`, or give the path of a .safetensors file "
+                         "written by it.")
+    return read_model_info(path)
+
+
+def teacher_cache_path(output: str | Path) -> Path:
+    """Where ``regression`` mode caches the teacher's vectors: ``OUT_STEM.teacher-vectors.h5``."""
+    out = Path(output)
+    return out.with_name(out.stem + TEACHER_CACHE_SUFFIX)
+
+
+class DistillTask(TrainingTask):
+    """Label-free distillation of a frozen teacher into a student at the query resolution."""
+
+    role = "student"
+
+    def __init__(self, config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> None:
+        from raml_cli.model.files import file_sha256
+
+        self.config = config
+        self.reporter = reporter
+        self.info = _teacher_info(Path(config.teacher))
+        if self.info.role != "teacher":
+            reporter.warn(f"{config.teacher} is a {self.info.role} model (role={self.info.role}),"
+                          " not a teacher; distilling from it anyway.")
+        self.teacher_sha256 = file_sha256(config.teacher)
+        self.database_res = int(config.database_res or self.info.resolution)
+        self.dataset_spec = config.dataset or self.info.dataset
+        teacher_root = self.info.config.get("root") if isinstance(self.info.config, dict) else None
+        self.root = Path(config.root if config.root is not None else (teacher_root or "data"))
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        options = self.config.to_dict()
+        described = {k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS}
+        described.update({"teacher_sha256": self.teacher_sha256, "dataset": self.dataset_spec,
+                          "database_res": self.database_res})
+        return described
+
+    def build(self, ctx: LoopContext) -> nn.Module:
+        from raml_cli.data.catalog import load_dataset
+        from raml_cli.model.files import load_model
+        from raml_cli.model.network import build_network
+        from raml_cli.train.teacher import check_resolution
+
+        cfg = self.config
+        splits = load_dataset(self.dataset_spec, self.root)
+        self.dataset_name = splits.name
+        self.image_root = Path(splits.root)
+        self.train_split = "fit" if cfg.val_every else "train"
+        self.samples = splits.split(self.train_split)
+        self.val_samples = splits.split("val") if cfg.val_every else []
+        if cfg.val_every and len({s.label for s in self.val_samples}) < 2:
+            raise DataError(
+                f"--val-every needs a val split of at least 2 classes, but {splits.name} has "
+                f"{len({s.label for s in self.val_samples})}. Use --val-every 0 to train on "
+                "the whole train split without validation."
+            )
+        if not self.samples:
+            raise DataError(f"The {self.train_split} split of {splits.name} holds no image.")
+        self.images_per_epoch = min(cfg.images_per_epoch or len(self.samples), len(self.samples))
+        if self.images_per_epoch // (cfg.batch_size * ctx.world_size) < 1:
+            raise DataError(
+                f"An epoch of {self.images_per_epoch} image(s) does not fill one micro-batch of "
+                f"--batch-size {cfg.batch_size} per process ({ctx.world_size} process(es)). "
+                "Lower --batch-size or use more images."
+            )
+
+        teacher, _ = load_model(cfg.teacher, device=ctx.device)
+        teacher.eval().requires_grad_(False)
+        if ctx.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        self.teacher = teacher
+        check_resolution(teacher, self.database_res, self.info.architecture)
+        if cfg.init == "teacher":
+            student, _ = load_model(cfg.teacher)
+        else:
+            student = build_network(self.info.network_config(),
+                                    init="pretrained" if cfg.init == "pretrained" else "none",
+                                    reporter=ctx.reporter)
+        student.requires_grad_(True)
+        check_resolution(student, cfg.query_res, self.info.architecture)
+        mean, std = student.config.mean, student.config.std
+
+        if cfg.mode == "aug":
+            self.train_images = self._coupled_dataset(mean, std)
+        else:
+            self.train_images = self._regression_dataset(mean, std, ctx)
+        ctx.reporter.log(
+            f"student: {self.info.architecture} at {cfg.query_res} px from teacher "
+            f"{Path(cfg.teacher).name} at {self.database_res} px ({cfg.mode} mode, init "
+            f"{cfg.init}) on {splits.name}/{self.train_split}: {self.images_per_epoch} images "
+            f"x {cfg.views} view(s) per epoch, micro-batches of {cfg.batch_size} images"
+        )
+        return student
+
+    def _coupled_dataset(self, mean: Any, std: Any) -> Any:
+        from raml_cli.data.coupled import CoupledAugmentation, CoupledViewsDataset
+        from raml_cli.train.sampler import SeededDataset
+
+        cfg = self.config
+        augmentation = CoupledAugmentation(cfg.query_res, self.database_res, mean, std)
+        return SeededDataset(CoupledViewsDataset(self.image_root, self.samples, augmentation,
+                                                 views=cfg.augs, mixup_alpha=cfg.mixup))
+
+    def _regression_dataset(self, mean: Any, std: Any, ctx: LoopContext) -> Any:
+        from raml_cli.data.images import ImageDataset
+        from raml_cli.data.transforms import eval_transform
+
+        self.teacher_vectors = torch.from_numpy(self._cached_teacher_vectors(ctx))
+        return _Keyed(ImageDataset(self.image_root, self.samples,
+                                   eval_transform(self.config.query_res, mean, std)))
+
+    def _cached_teacher_vectors(self, ctx: LoopContext) -> np.ndarray:
+        """The teacher's vectors of the training images at ``R``, from (or into) the cache."""
+        from raml_cli.store import read_attributes, read_embeddings, write_embeddings
+        from raml_cli.train.distributed import barrier
+
+        cache = teacher_cache_path(self.config.output)
+        paths = [s.path for s in self.samples]
+        if cache.exists():
+            attrs = read_attributes(cache)
+            if (attrs.get("model_sha256") == self.teacher_sha256
+                    and int(attrs.get("resolution", 0)) == self.database_res):
+                cached = read_embeddings(cache)
+                if cached.paths == paths:
+                    ctx.reporter.log(f"teacher vectors: reusing {cache}")
+                    return cached.embeddings
+        if ctx.is_main:
+            vectors = self._embed(self.teacher, self.samples, self.database_res, ctx,
+                                  "teacher vectors")
+            write_embeddings(cache, vectors, [s.label for s in self.samples], paths, attrs={
+                "model_sha256": self.teacher_sha256, "role": "teacher",
+                "architecture": self.info.architecture, "resolution": self.database_res,
+                "dataset": self.dataset_name, "split": self.train_split,
+            })
+        barrier()
+        return read_embeddings(cache).embeddings
+
+    def _embed(self, network: nn.Module, samples: list, res: int, ctx: LoopContext,
+               description: str) -> np.ndarray:
+        from raml_cli.embed import embed_in_memory
+
+        return embed_in_memory(
+            network, samples, self.image_root, res, device=ctx.device,
+            batch_size=self.config.embed_batch_size, workers=ctx.workers,
+            channels_last=ctx.channels_last, mixed_precision=ctx.mixed_precision,
+            reporter=ctx.reporter, description=description,
+        )
+
+    def param_groups(self, module: nn.Module, lr: float,
+                     weight_decay: float) -> list[dict[str, Any]]:
+        return module.parameter_groups(lr, weight_decay)  # GeM p: 10x lr, no decay
+
+    def batches_per_epoch(self, ctx: LoopContext) -> int:
+        return self.images_per_epoch // (self.config.batch_size * ctx.world_size)
+
+    # -- per epoch --------------------------------------------------------------------------
+
+    def batches(self, epoch: int, start: int, ctx: LoopContext) -> Any:
+        """This rank's micro-batches from ``start``: ``(low, high or teacher vectors)``.
+
+        ``aug``: ``low [B, P, 3, r, r]`` and ``high [B, P, 3, R, R]``; ``regression``:
+        ``low [B, 1, 3, r, r]`` and the cached teacher vectors ``[B, 1, D]``.
+        """
+        from raml_cli.train.sampler import ClassBalancedSampler, epoch_generator, item_seeds
+
+        bs = self.config.batch_size
+        per_rank = self.batches_per_epoch(ctx)
+        total = per_rank * ctx.world_size
+        order = epoch_generator(ctx.seed, epoch, "batches").permutation(len(self.samples))
+        order = order[: total * bs].tolist()
+        seeds = item_seeds(ctx.seed, epoch, total * bs).tolist()
+        keys = [list(zip(order[g * bs:(g + 1) * bs], seeds[g * bs:(g + 1) * bs], strict=True))
+                for g in range(total)]
+        mine = ClassBalancedSampler.shard(keys, ctx.rank, ctx.world_size)[start:]
+        if not mine:
+            return iter(())
+        loader = ctx.data_loader(self.train_images, mine)
+        if self.config.mode == "aug":
+            return ((low, high) for low, high, _ in loader)
+        return ((images[:, None], self.teacher_vectors[indices][:, None])
+                for images, _, indices in loader)
+
+    def compute_loss(self, model: nn.Module, batch: Any, ctx: LoopContext) -> LossOutput:
+        from raml_cli.train.distill_loss import distillation_loss
+
+        low, high = batch
+        images, views = int(low.shape[0]), int(low.shape[1])
+        if self.config.mode == "aug":
+            teacher_vectors = self.teacher_embed(high.flatten(0, 1), ctx)
+        else:
+            teacher_vectors = high.flatten(0, 1).to(ctx.device)
+        with ctx.autocast():
+            student_vectors = model(ctx.to_device(low.flatten(0, 1))).float()
+        shape = (images, views, -1)
+        out = distillation_loss(student_vectors.reshape(shape), teacher_vectors.reshape(shape),
+                                self.config.lambda1, self.config.lambda2)
+        logs = {"loss_abs": out.absolute / images, "loss_ts": out.teacher_student / images,
+                "loss_ss": out.student_student / images}
+        return LossOutput(out.total, images * views, logs)
+
+    def teacher_embed(self, images: torch.Tensor, ctx: LoopContext) -> torch.Tensor:
+        """The frozen teacher's unit vectors ``[N, D]`` of normalised images ``[N, 3, R, R]``.
+
+        Eval mode, inference mode, in chunks of ``embed_batch_size`` views; the result is
+        a plain tensor (usable in the loss) that carries no gradient.
+        """
+        chunk = max(self.config.embed_batch_size, 1)
+        parts = []
+        with torch.inference_mode(), ctx.autocast():
+            for start in range(0, images.shape[0], chunk):
+                parts.append(self.teacher(ctx.to_device(images[start:start + chunk])).float())
+        return torch.cat(parts).clone()
+
+    # -- validation, output -----------------------------------------------------------------
+
+    def validate(self, module: nn.Module, ctx: LoopContext) -> dict[str, float]:
+        """Asymmetric R@1 and mAP on ``val``: student at ``r`` vs teacher at ``R``."""
+        from raml_cli.evaluate import evaluate_arrays
+
+        if getattr(self, "_val_database", None) is None:
+            self._val_database = self._embed(self.teacher, self.val_samples, self.database_res,
+                                             ctx, "validation database (teacher)")
+        queries = self._embed(module, self.val_samples, self.config.query_res, ctx,
+                              "validating (student)")
+        labels = np.asarray([s.label for s in self.val_samples], dtype=np.int64)
+        metrics = evaluate_arrays(queries, labels, self._val_database, labels, ks=(1,),
+                                  exclude_self=True)
+        return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"])}
+
+    def save(self, module: nn.Module, path: Path, ctx: LoopContext,
+             result: TrainingResult) -> None:
+        from raml_cli.model.files import save_model
+
+        config = self.config.to_dict()
+        config.update({"dataset": self.dataset_spec, "root": str(self.root),
+                       "database_res": self.database_res, "train_split": self.train_split,
+                       "world_size": ctx.world_size})
+        save_model(path, module, resolution=self.config.query_res, role="student",
+                   dataset=self.dataset_name, config=config, teacher_sha256=self.teacher_sha256)
+
+
+class _Keyed:
+    """Accept the ``(index, seed)`` keys of the shared batch plan for a deterministic dataset."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.dataset[int(key[0])]
+
+
+def distill(config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> Path:
+    """Distil ``config.teacher`` into a student at ``config.query_res``; returns the file.
+
+    The student file records ``role=student``, ``resolution=query_res``,
+    ``teacher_sha256`` and every option in ``config``; the JSONL log lies beside it.
+
+    >>> # distill(DistillConfig(Path("teacher.safetensors"), query_res=64))
+    """
+    return distill_result(config, reporter).output
+
+
+def distill_result(config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> TrainingResult:
+    """Like :func:`distill`, returning the loop's :class:`TrainingResult`."""
+    config.check()
+    task = DistillTask(config, reporter)
+    if task.database_res < config.query_res:
+        reporter.warn(f"The query resolution {config.query_res} is above the database "
+                      f"resolution {task.database_res}: RAML is meant for small queries.")
+    loop = LoopConfig(
+        output=Path(config.output), epochs=config.epochs, lr=config.lr,
+        weight_decay=config.weight_decay, accumulate=config.accumulate, seed=config.seed,
+        device=config.device, workers=config.workers, val_every=config.val_every,
+        checkpoint_every=config.checkpoint_every, resume=config.resume,
+        threads=config.threads,
+    )
+    return run_training(task, loop, reporter)
+
+
+__all__ = ["DistillConfig", "DistillTask", "PAPER_PRESETS", "distill", "distill_result",
+           "teacher_cache_path"]
