@@ -12,15 +12,16 @@ networks see the same content at two resolutions. A draw holds:
   as torchvision's ``ColorJitter`` draws them, applied in its random order) with the
   same factors for both renderings.
 
-Mixup (alpha 0.2 in the reference) mixes each coupled pair with the coupled pair of
+Mixup (alpha 0.2 in the reference) mixes each coupled pair with a coupled pair of
 another random training image: ``lam * a + (1 - lam) * b`` with one
-``lam ~ Beta(alpha, alpha)`` for both resolutions.
+``lam ~ Beta(alpha, alpha)`` for both resolutions. The partner pair is taken from
+another image of the same (randomly drawn) micro-batch (:func:`mix_batch`), which
+halves the cost of augmentation compared with rendering a partner per view.
 
-:class:`CoupledViewsDataset` yields, for one training image, ``P`` coupled views:
-``(low [P, 3, r, r], high [P, 3, R, R], index)``, normalised with the network's
-mean/std. All randomness comes from torch's global RNG, which
-:class:`~raml_cli.train.sampler.SeededDataset` seeds per item, so an item is a function
-of its seed alone (reproducible, resumable).
+:class:`CoupledViewsDataset` yields, for one training image, ``P`` coupled views
+normalised with the network's mean/std, and their mixup plan. All randomness comes
+from torch's global RNG, which :class:`~raml_cli.train.sampler.SeededDataset` seeds per
+item, so an item is a function of its seed alone (reproducible, resumable).
 """
 
 from __future__ import annotations
@@ -140,19 +141,47 @@ class CoupledAugmentation:
                 self.render(image, draw, self.database_res))
 
 
-def mix(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor],
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup of two coupled pairs with one ``lam`` for both resolutions."""
-    return (lam * first[0] + (1 - lam) * second[0], lam * first[1] + (1 - lam) * second[1])
+def mix_batch(low: torch.Tensor, high: torch.Tensor,
+              plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup of coupled pairs within a micro-batch, one ``lam`` per pair for both resolutions.
+
+    Pair ``(b, i)`` (image ``b``, view ``i``) is mixed with pair ``(p, j)`` of another image
+    ``p != b`` of the batch: ``lam * x[b, i] + (1 - lam) * x[p, j]`` for both ``low`` and
+    ``high``. The images of a micro-batch are a random draw of the training set, so the
+    partner is another random training image, and its coupled pair costs nothing extra.
+
+    Args:
+        low: ``[B, P, 3, r, r]`` student views.
+        high: ``[B, P, 3, R, R]`` teacher views.
+        plan: ``[B, P, 3]`` per pair: ``lam``, then two numbers in ``[0, 1)`` that pick the
+            partner image (among the ``B - 1`` others) and its view (among ``P``), as drawn
+            by :class:`CoupledViewsDataset`.
+
+    Returns:
+        The mixed ``(low, high)``; unchanged when ``B < 2`` or every ``lam`` is 1.
+    """
+    images, views = low.shape[:2]
+    if images < 2:
+        return low, high
+    lam = plan[..., 0].to(low.dtype)
+    offset = 1 + (plan[..., 1] * (images - 1)).long().clamp_(max=images - 2)
+    partner = (torch.arange(images)[:, None] + offset) % images  # [B, P], never b itself
+    partner_view = (plan[..., 2] * views).long().clamp_(max=views - 1)
+
+    def blend(x: torch.Tensor) -> torch.Tensor:
+        weight = lam.reshape(images, views, 1, 1, 1)
+        return weight * x + (1 - weight) * x[partner, partner_view]
+
+    return blend(low), blend(high)
 
 
 class CoupledViewsDataset:
-    """``P`` coupled views of each training image, optionally mixed up with other images.
+    """``P`` coupled views of each training image, and their mixup plan.
 
-    Item ``index`` -> ``(low [P, 3, r, r], high [P, 3, R, R], index)``. With mixup, each
-    of the ``P`` pairs is mixed with a coupled pair of its own random partner image
-    (drawn uniformly from the whole list, the image itself included) with its own
-    ``lam ~ Beta(alpha, alpha)``.
+    Item ``index`` -> ``(low [P, 3, r, r], high [P, 3, R, R], plan [P, 3], index)``. The
+    plan holds, per view, ``lam ~ Beta(alpha, alpha)`` (1 without mixup) and the two
+    uniform numbers with which :func:`mix_batch` picks the partner pair in the collated
+    micro-batch; drawing them here ties them to the item's seed (reproducible, resumable).
 
     Args:
         root: the folder that sample paths are relative to.
@@ -178,23 +207,14 @@ class CoupledViewsDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _image(self, index: int) -> Image.Image:
-        return load_rgb(self.root / self.samples[index].path)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image = self._image(index)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        image = load_rgb(self.root / self.samples[index].path)
         pairs = [self.augmentation(image) for _ in range(self.views)]
+        plan = torch.ones(self.views, 3)
         if self.mixup_alpha > 0:
             beta = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha)
-            partners = torch.randint(len(self.samples), (self.views,)).tolist()
-            cache: dict[int, Image.Image] = {index: image}
-            mixed = []
-            for pair, partner in zip(pairs, partners, strict=True):
-                if partner not in cache:
-                    cache[partner] = self._image(partner)
-                lam = float(beta.sample())
-                mixed.append(mix(pair, self.augmentation(cache[partner]), lam))
-            pairs = mixed
+            plan[:, 0] = beta.sample((self.views,))
+            plan[:, 1:] = torch.rand(self.views, 2)
         low = torch.stack([p[0] for p in pairs])
         high = torch.stack([p[1] for p in pairs])
-        return low, high, index
+        return low, high, plan, index

@@ -12,7 +12,8 @@ teacher's space. Two modes:
     with other images' coupled pairs (alpha 0.2). The loss is
     :func:`~raml_cli.train.distill_loss.distillation_loss`: absolute +
     ``lambda1`` teacher-student relational + ``lambda2`` student-student relational,
-    summed over the images of a micro-batch.
+    summed over the images of a micro-batch. Mixup partners are views of other images of
+    the same micro-batch (:func:`~raml_cli.data.coupled.mix_batch`).
 
 ``regression`` (the cheaper variant)
     Only the absolute term, ``P = 1``, no augmentation: the student sees the
@@ -202,6 +203,9 @@ class DistillConfig:
             (self.augs >= 1, f"--augs must be at least 1, got {self.augs}."),
             (self.mixup >= 0 and math.isfinite(self.mixup),
              f"--mixup must be >= 0 (0: no mixup), got {self.mixup}."),
+            (self.mode != "aug" or self.mixup == 0 or self.batch_size >= 2,
+             "Mixup blends each view with a view of another image of the micro-batch, so it "
+             "needs --batch-size 2 or more; raise --batch-size or use --no-mixup."),
             (self.lambda1 >= 0 and self.lambda2 >= 0,
              f"--lambda1 and --lambda2 must be >= 0, got {self.lambda1} and {self.lambda2}."),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
@@ -393,8 +397,8 @@ class DistillTask(TrainingTask):
     def batches(self, epoch: int, start: int, ctx: LoopContext) -> Any:
         """This rank's micro-batches from ``start``: ``(low, high or teacher vectors)``.
 
-        ``aug``: ``low [B, P, 3, r, r]`` and ``high [B, P, 3, R, R]``; ``regression``:
-        ``low [B, 1, 3, r, r]`` and the cached teacher vectors ``[B, 1, D]``.
+        ``aug``: ``(low [B, P, 3, r, r], high [B, P, 3, R, R], mixup plan [B, P, 3])``;
+        ``regression``: ``(low [B, 1, 3, r, r], cached teacher vectors [B, 1, D], None)``.
         """
         from raml_cli.train.sampler import ClassBalancedSampler, epoch_generator, item_seeds
 
@@ -411,16 +415,19 @@ class DistillTask(TrainingTask):
             return iter(())
         loader = ctx.data_loader(self.train_images, mine)
         if self.config.mode == "aug":
-            return ((low, high) for low, high, _ in loader)
-        return ((images[:, None], self.teacher_vectors[indices][:, None])
+            return ((low, high, plan) for low, high, plan, _ in loader)
+        return ((images[:, None], self.teacher_vectors[indices][:, None], None)
                 for images, _, indices in loader)
 
     def compute_loss(self, model: nn.Module, batch: Any, ctx: LoopContext) -> LossOutput:
+        from raml_cli.data.coupled import mix_batch
         from raml_cli.train.distill_loss import distillation_loss
 
-        low, high = batch
+        low, high, plan = batch
         images, views = int(low.shape[0]), int(low.shape[1])
         if self.config.mode == "aug":
+            if self.config.mixup > 0:
+                low, high = mix_batch(low, high, plan)
             teacher_vectors = self.teacher_embed(high.flatten(0, 1), ctx)
         else:
             teacher_vectors = high.flatten(0, 1).to(ctx.device)
