@@ -103,6 +103,8 @@ def _register_all() -> None:
     register("info", info.command)
     from raml_cli.cli import evaluate
     register("evaluate", evaluate.command)
+    from raml_cli.cli import distill
+    register("distill", distill.command)
     pass
 
 

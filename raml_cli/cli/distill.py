@@ -1,0 +1,139 @@
+"""``raml distill``: distil a frozen teacher into a student for small query images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, ResumeOpt
+
+EXAMPLES = """
+Examples:
+
+    raml distill --teacher teacher.safetensors --query-res 64 -o student.safetensors
+
+    raml distill --teacher cub-teacher.safetensors --query-res 112 --preset paper \\
+        -o cub-student-112.safetensors
+
+    raml distill --teacher teacher.safetensors --query-res 64 --mode regression \\
+        --epochs 20 -o student-regression.safetensors
+"""
+
+# Defaults are shown in the help text but resolved in the engine (DistillConfig), so that
+# --preset paper fills in only the options the user did not give.
+
+
+def _help(text: str, default: object) -> str:
+    return f"{text} [default: {default}]"
+
+
+def command(
+    teacher: Annotated[Path, typer.Option("--teacher", help="The teacher model file (from "
+                                          "`raml train-teacher`); it stays frozen.")],
+    query_res: Annotated[int, typer.Option("--query-res", min=1, help="The student's "
+                                           "resolution in pixels (the query side).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The student model file to "
+                                         "write; the checkpoint (.ckpt) and the log "
+                                         "(.log.jsonl) go beside it.")
+                      ] = Path("student.safetensors"),
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="paper: the reference's values for the teacher's dataset (cub200, "
+        "cars196, sop): lambda1, lambda2 and lr per dataset, ImageNet init, 8 images x 8 "
+        "augmentations, 25 steps of accumulation, 2000 images per epoch, 100 epochs, seed "
+        "1234. Options given explicitly still win.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="A dataset name or the path of your own data; default: the "
+        "teacher's training dataset.")] = None,
+    database_res: Annotated[int | None, typer.Option(
+        "--database-res", min=1, help="The teacher's resolution; default: the one it was "
+        "trained at.")] = None,
+    init: Annotated[str | None, typer.Option("--init", help=_help(
+        "The student's initial weights: teacher (a copy of the teacher), pretrained (ImageNet "
+        "weights; needs the model hub or its cache) or random.", "teacher"))] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help=_help(
+        "aug: coupled augmentations and the full loss (the paper's method); regression: only "
+        "the absolute term on cached teacher vectors of un-augmented images (cheaper).",
+        "aug"))] = None,
+    augs: Annotated[int | None, typer.Option("--augs", min=1, help=_help(
+        "Coupled augmentations (views) per image.", 8))] = None,
+    mixup: Annotated[float | None, typer.Option("--mixup", min=0.0, metavar="ALPHA", help=_help(
+        "Mixup's Beta(alpha, alpha) parameter.", 0.2))] = None,
+    no_mixup: Annotated[bool, typer.Option("--no-mixup", help="Turn mixup off.")] = False,
+    lambda1: Annotated[float | None, typer.Option("--lambda1", min=0.0, help=_help(
+        "Weight of the teacher-student relational term.", 0.7718))] = None,
+    lambda2: Annotated[float | None, typer.Option("--lambda2", min=0.0, help=_help(
+        "Weight of the student-student relational term.", 0.6684))] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help=_help(
+        "Epochs (of --images-per-epoch images).", 100))] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help=_help(
+        "Peak learning rate of the one-cycle schedule (GeM's p: 10x).", "1.4025e-4"))] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help=_help(
+        "AdamW weight decay (none for GeM's p).", "1e-6"))] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help=_help(
+        "Images per forward pass (each with --augs views).", 8))] = None,
+    accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help=_help(
+        "Forward passes per optimiser step (gradient accumulation).", 25))] = None,
+    images_per_epoch: Annotated[int | None, typer.Option("--images-per-epoch", min=0, help=_help(
+        "Images per epoch (0: all images of the split).", 2000))] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help=_help(
+        "DataLoader worker processes that decode and augment images.", 4))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=_help(
+        "Random seed; the same seed gives the same model on the same device.", 0))] = None,
+    device: DeviceOpt = "auto",
+    val_every: Annotated[int | None, typer.Option("--val-every", min=0, help=_help(
+        "Validate asymmetrically (student at --query-res vs teacher at the database "
+        "resolution, R@1 and mAP on the val split) every N epochs and train on train minus "
+        "val; 0: no validation, train on all of train.", 0))] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help=(
+        "Also checkpoint every N optimiser steps (a checkpoint is always written after "
+        "every epoch)."))] = 0,
+    resume: ResumeOpt = False,
+    root: Annotated[Path | None, typer.Option(
+        "--root", help="Folder that holds the datasets; default: the teacher's, else "
+        "data.")] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Distil a student at a small query resolution from a frozen teacher (no labels).
+
+    The student learns to produce, from a small image, the vector the teacher produces
+    from the large one, so student queries search a teacher database directly. The
+    dataset, architecture and database resolution come from the teacher's file. The
+    student file records role=student, its resolution and the teacher's sha256.
+    """
+    from raml_cli.cli.render import percent, print_json, print_table
+    from raml_cli.progress import Reporter
+    from raml_cli.train.distill import DistillConfig, distill_result
+
+    config = DistillConfig.from_options(
+        teacher, query_res, preset=preset, output=output, dataset=dataset,
+        database_res=database_res, root=root, init=init, mode=mode, augs=augs,
+        mixup=0.0 if no_mixup else mixup, lambda1=lambda1, lambda2=lambda2, epochs=epochs,
+        lr=lr, weight_decay=weight_decay, batch_size=batch_size, accumulate=accumulate,
+        images_per_epoch=images_per_epoch, workers=workers, seed=seed, device=device,
+        val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
+    )
+    result = distill_result(config, Reporter(quiet=quiet))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 alone reports
+    if json_out:
+        print_json(result.to_dict())
+        return
+    rows = [["model", str(result.output)], ["log", str(result.log)],
+            ["epochs / steps", f"{result.epochs} / {result.steps}"],
+            ["final loss (sum over a micro-batch)", f"{result.final_loss:.4f}"],
+            ["images/s (last epoch)", f"{result.images_per_second:.1f}"]]
+    if result.validations:
+        last = result.validations[-1]
+        rows += [[f"val asymmetric {k} (epoch {last['epoch']})", percent(v)]
+                 for k, v in last["metrics"].items()]
+        if result.best is not None and result.best["epoch"] != last["epoch"]:
+            rows += [[f"best val recall@1 (epoch {result.best['epoch']})",
+                      percent(result.best["metrics"].get("recall@1"))]]
+    print_table("student distilled", ["", "value"], rows)
+
+
+command.__doc__ = (command.__doc__ or "") + EXAMPLES
