@@ -103,6 +103,7 @@ def _content(path):
                 {k: handle[k][()].tolist() for k in ("embeddings", "labels", "paths", "skipped")})
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_file(model_file, image_dir, tmp_path,
                                                        monkeypatch):
     root, samples = image_dir
