@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from raml_cli.errors import DataError, InputError
 from raml_cli.evaluate.metrics import metric_keys, per_query_metrics
 from raml_cli.evaluate.neighbours import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_PRODUCT,
     ClassIndex,
     count_positives,
     positive_ranks,
@@ -87,19 +87,21 @@ def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def evaluate_arrays(
-    query: np.ndarray | torch.Tensor,
+    query: np.ndarray | Any,
     query_labels: np.ndarray | Sequence[int],
-    database: np.ndarray | torch.Tensor,
+    database: np.ndarray | Any,
     database_labels: np.ndarray | Sequence[int],
     ks: Sequence[int] = DEFAULT_KS,
     exclude_self: bool = False,
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    product: str = DEFAULT_PRODUCT,
 ) -> dict[str, float]:
     """Retrieval metrics of ``query`` rows searched in ``database`` rows by inner product.
 
     Args:
-        query: ``[M, D]`` query vectors (used as float32; unit rows expected).
+        query: ``[M, D]`` query vectors: a NumPy array or a torch tensor (used as
+            float32; unit rows expected).
         query_labels: int ``[M]`` class ids, ``-1`` = unknown (such a query has no positive).
         database: ``[N, D]`` database vectors.
         database_labels: int ``[N]`` class ids, ``-1`` = unknown (never a positive).
@@ -108,23 +110,24 @@ def evaluate_arrays(
             for the same images in another order use :func:`evaluate_sets`).
         block_size: queries per block (memory ~ ``block_size * chunk_size`` scores).
         chunk_size: database rows per score product.
+        product: the library that computes the scores, ``numpy`` (default) or ``torch``.
 
     Returns:
         metric name -> fraction in [0, 1], averaged over the queries with a positive.
     """
-    query_t, database_t = _as_matrix(query, "query"), _as_matrix(database, "database")
-    q_labels = _as_labels(query_labels, query_t.shape[0], "query")
-    db_labels = _as_labels(database_labels, database_t.shape[0], "database")
-    if query_t.shape[1] != database_t.shape[1]:
-        raise InputError(f"Query vectors are {query_t.shape[1]}-d but database vectors are "
-                         f"{database_t.shape[1]}-d; both sides must come from compatible "
+    query_m, database_m = _as_matrix(query, "query"), _as_matrix(database, "database")
+    q_labels = _as_labels(query_labels, query_m.shape[0], "query")
+    db_labels = _as_labels(database_labels, database_m.shape[0], "database")
+    if query_m.shape[1] != database_m.shape[1]:
+        raise InputError(f"Query vectors are {query_m.shape[1]}-d but database vectors are "
+                         f"{database_m.shape[1]}-d; both sides must come from compatible "
                          "models with the same embedding size.")
-    if exclude_self and query_t.shape[0] != database_t.shape[0]:
+    if exclude_self and query_m.shape[0] != database_m.shape[0]:
         raise InputError(f"exclude_self pairs query row i with database row i, but there are "
-                         f"{query_t.shape[0]} queries and {database_t.shape[0]} database rows.")
-    self_index = np.arange(query_t.shape[0], dtype=np.int64) if exclude_self else None
-    metrics, _ = _evaluate(query_t, q_labels, database_t, db_labels, check_ks(ks), self_index,
-                           block_size, chunk_size, NULL_REPORTER)
+                         f"{query_m.shape[0]} queries and {database_m.shape[0]} database rows.")
+    self_index = np.arange(query_m.shape[0], dtype=np.int64) if exclude_self else None
+    metrics, _ = _evaluate(query_m, q_labels, database_m, db_labels, check_ks(ks), self_index,
+                           block_size, chunk_size, product, NULL_REPORTER)
     return metrics
 
 
@@ -136,6 +139,7 @@ def evaluate_sets(
     reporter: Reporter = NULL_REPORTER,
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    product: str = DEFAULT_PRODUCT,
 ) -> EvaluationResult:
     """Evaluate an embeddings file of queries against one of database items.
 
@@ -151,6 +155,7 @@ def evaluate_sets(
         reporter: progress on stderr.
         block_size: queries per block.
         chunk_size: database rows per score product.
+        product: the library that computes the scores, ``numpy`` (default) or ``torch``.
     """
     ks = check_ks(ks)
     same_file = database is None
@@ -174,19 +179,19 @@ def evaluate_sets(
         if not (self_index >= 0).any():
             raise InputError(f"--exclude-self was asked for, but no query image of {names[0]} "
                              f"is in {names[1]} (no shared paths). Drop --exclude-self.")
-    query_t = torch.from_numpy(np.ascontiguousarray(query.embeddings, dtype=np.float32))
-    database_t = (query_t if same_file else
-                  torch.from_numpy(np.ascontiguousarray(database.embeddings, dtype=np.float32)))
-    metrics, without = _evaluate(query_t, np.asarray(query.labels, dtype=np.int64), database_t,
+    query_m = np.ascontiguousarray(query.embeddings, dtype=np.float32)
+    database_m = (query_m if same_file else
+                  np.ascontiguousarray(database.embeddings, dtype=np.float32))
+    metrics, without = _evaluate(query_m, np.asarray(query.labels, dtype=np.int64), database_m,
                                  np.asarray(database.labels, dtype=np.int64), ks, self_index,
-                                 block_size, chunk_size, reporter)
+                                 block_size, chunk_size, product, reporter)
     return EvaluationResult(metrics, query.num, database.num, without, bool(exclude_self),
                             dict(query.attrs), dict(database.attrs))
 
 
-def _evaluate(query: torch.Tensor, query_labels: np.ndarray, database: torch.Tensor,
+def _evaluate(query: np.ndarray, query_labels: np.ndarray, database: np.ndarray,
               database_labels: np.ndarray, ks: tuple[int, ...], self_index: np.ndarray | None,
-              block_size: int, chunk_size: int, reporter: Reporter
+              block_size: int, chunk_size: int, product: str, reporter: Reporter
               ) -> tuple[dict[str, float], int]:
     """Metrics averaged over the queries with a positive, and the count of the others."""
     num_queries = query.shape[0]
@@ -203,7 +208,8 @@ def _evaluate(query: torch.Tensor, query_labels: np.ndarray, database: torch.Ten
     per_query = {key: np.zeros(num_queries, dtype=np.float64) for key in keys}
     with reporter.track("evaluating", total=evaluated, unit="queries") as bar:
         for block in positive_ranks(query, query_labels, database, database_labels, self_index,
-                                    block_size=block_size, chunk_size=chunk_size):
+                                    block_size=block_size, chunk_size=chunk_size,
+                                    product=product):
             for key, values in per_query_metrics(block, ks).items():
                 per_query[key][block.query_index] = values
             bar.advance(len(block.query_index))
@@ -225,16 +231,17 @@ def _source_name(embeddings: EmbeddingSet, role: str) -> str:
     return str(embeddings.source) if embeddings.source is not None else f"the {role} set"
 
 
-def _as_matrix(values: np.ndarray | torch.Tensor, role: str) -> torch.Tensor:
-    tensor = (values.detach().cpu() if isinstance(values, torch.Tensor)
-              else torch.from_numpy(np.asarray(values)))
-    if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+def _as_matrix(values: Any, role: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
+        values = values.detach().cpu().numpy()
+    matrix = np.asarray(values)
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise InputError(f"The {role} vectors must be a non-empty [N, D] matrix; got shape "
-                         f"{tuple(tensor.shape)}.")
-    tensor = tensor.to(torch.float32).contiguous()
-    if not bool(torch.isfinite(tensor).all()):
+                         f"{matrix.shape}.")
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if not np.isfinite(matrix).all():
         raise InputError(f"The {role} vectors contain NaN or Inf; rankings are undefined.")
-    return tensor
+    return matrix
 
 
 def _as_labels(labels: np.ndarray | Sequence[int], rows: int, role: str) -> np.ndarray:

@@ -32,17 +32,17 @@ positive. ``self_index[q]`` (``-1``: none) names the database row removed from q
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from raml_cli.errors import InputError
 
-DEFAULT_BLOCK_SIZE = 512
+DEFAULT_BLOCK_SIZE = 1024
 DEFAULT_CHUNK_SIZE = 4096
 DEFAULT_MAX_CANDIDATES = 1 << 22
+DEFAULT_PRODUCT = "numpy"
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 # Elements of the batched positive-score product (bounds its temporary memory).
 _POSITIVE_GATHER_ELEMENTS = 1 << 23
@@ -125,21 +125,22 @@ class PositiveRanks:
 
 
 def positive_ranks(
-    query: torch.Tensor,
+    query: np.ndarray,
     query_labels: np.ndarray,
-    database: torch.Tensor,
+    database: np.ndarray,
     database_labels: np.ndarray,
     self_index: np.ndarray | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    product: str = DEFAULT_PRODUCT,
 ) -> Iterator[PositiveRanks]:
     """Yield the exact positive ranks of every query that has a positive, block by block.
 
     Args:
-        query: float32 ``[M, D]`` query vectors (CPU).
+        query: float32 ``[M, D]`` query vectors (anything ``np.asarray`` takes).
         query_labels: int ``[M]`` class ids, ``-1`` = unknown (no positive).
-        database: float32 ``[N, D]`` database vectors (CPU).
+        database: float32 ``[N, D]`` database vectors.
         database_labels: int ``[N]`` class ids, ``-1`` = unknown (never a positive).
         self_index: int ``[M]``, the database row left out of each query's ranking, ``-1``
             for none; ``None`` = nothing excluded.
@@ -147,6 +148,7 @@ def positive_ranks(
         chunk_size: database rows per score product.
         max_candidates: candidates held at once per block; a block that would exceed it
             (embeddings that rank positives very low) is split, so memory stays bounded.
+        product: the library that computes the score blocks (see :data:`SCORE_PRODUCTS`).
 
     Yields:
         :class:`PositiveRanks`, blocks in ascending query order; queries without a
@@ -154,8 +156,11 @@ def positive_ranks(
     """
     if block_size < 1 or chunk_size < 1:
         raise InputError("block_size and chunk_size must be positive integers.")
-    query = query.to(torch.float32).contiguous()
-    database = database.to(torch.float32).contiguous()
+    if product not in SCORE_PRODUCTS:
+        raise InputError(f"Unknown score product {product!r}; choose one of "
+                         f"{', '.join(SCORE_PRODUCTS)}.")
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    database = np.ascontiguousarray(database, dtype=np.float32)
     num_queries, num_database = query.shape[0], database.shape[0]
     query_labels = np.asarray(query_labels, dtype=np.int64)
     database_labels = np.asarray(database_labels, dtype=np.int64)
@@ -166,7 +171,8 @@ def positive_ranks(
     expected = count_positives(query_labels, database_labels, self_index, index)
     pending = np.flatnonzero(expected > 0)
     context = _Context(query, query_labels, database, database_labels, self_index, index,
-                       chunk_size, max(int(max_candidates), num_database))
+                       chunk_size, max(int(max_candidates), num_database),
+                       SCORE_PRODUCTS[product]())
     start, size = 0, int(block_size)
     while start < len(pending):
         rows = pending[start:start + size]
@@ -180,18 +186,17 @@ def positive_ranks(
 
 @dataclass
 class _Context:
-    query: torch.Tensor
+    query_np: np.ndarray
     query_labels: np.ndarray
-    database: torch.Tensor
+    database_np: np.ndarray
     database_labels: np.ndarray
     self_index: np.ndarray
     index: ClassIndex
     chunk_size: int
     max_candidates: int
+    product: ScoreProduct
 
     def __post_init__(self) -> None:
-        self.query_np = self.query.numpy()
-        self.database_np = self.database.numpy()
         self.max_database_norm = (float(np.linalg.norm(self.database_np, axis=1).max())
                                   if len(self.database_np) else 0.0)
 
@@ -237,6 +242,48 @@ def _unthresholded_ranks(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
     return np.concatenate(found_rows), np.concatenate(found_ranks)
 
 
+ScoreProduct = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _numpy_product() -> ScoreProduct:
+    """``queries @ chunk.T`` with NumPy's BLAS, into a reused output buffer."""
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+
+    def product(queries: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+        shape = (queries.shape[0], chunk.shape[0])
+        out = buffers.get(shape)
+        if out is None:
+            out = buffers[shape] = np.empty(shape, dtype=np.float32)
+        return np.matmul(queries, chunk.T, out=out)
+
+    return product
+
+
+def _torch_product() -> ScoreProduct:
+    """``queries @ chunk.T`` with torch (MKL on x86), into a reused output buffer."""
+    import torch
+
+    buffers: dict[tuple[int, int], torch.Tensor] = {}
+
+    def product(queries: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+        shape = (queries.shape[0], chunk.shape[0])
+        out = buffers.get(shape)
+        if out is None:
+            out = buffers[shape] = torch.empty(shape, dtype=torch.float32)
+        return torch.mm(torch.from_numpy(queries), torch.from_numpy(chunk).T, out=out).numpy()
+
+    return product
+
+
+SCORE_PRODUCTS: dict[str, Callable[[], ScoreProduct]] = {
+    "numpy": _numpy_product,
+    "torch": _torch_product,
+}
+"""Libraries that can compute the float32 score blocks; each entry makes a product
+function ``(queries [b, D], chunk [c, D]) -> scores [b, c]`` (the result may be a reused
+buffer, valid until the next call)."""
+
+
 def _thresholds(ctx: _Context, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """float32 ``[b]``: a value at or below every positive score of each query.
 
@@ -274,15 +321,9 @@ def _candidates(ctx: _Context, queries: np.ndarray, thresholds: np.ndarray, limi
     """
     rows, cols, values = [], [], []
     total = 0
-    queries_t = torch.from_numpy(np.ascontiguousarray(queries))
     column = thresholds[:, None]
-    buffers: dict[int, torch.Tensor] = {}
-    for first in range(0, ctx.database.shape[0], ctx.chunk_size):
-        chunk = ctx.database[first:first + ctx.chunk_size]
-        out = buffers.get(chunk.shape[0])
-        if out is None:
-            out = buffers[chunk.shape[0]] = torch.empty(queries.shape[0], chunk.shape[0])
-        scores = torch.mm(queries_t, chunk.T, out=out).numpy()
+    for first in range(0, ctx.database_np.shape[0], ctx.chunk_size):
+        scores = ctx.product(queries, ctx.database_np[first:first + ctx.chunk_size])
         flat = np.flatnonzero(scores >= column)
         total += flat.size
         if limit and total > ctx.max_candidates and queries.shape[0] > 1:

@@ -60,6 +60,16 @@ def test_results_are_identical_for_every_block_size(dyadic):
     assert all(result == results[0] for result in results)  # bit-identical
 
 
+def test_torch_tensors_are_accepted(dyadic):
+    torch = pytest.importorskip("torch")
+    vectors, labels = problem(dyadic, 5)
+    from_numpy = evaluate_arrays(vectors, labels, vectors, labels, KS, exclude_self=True)
+    tensor = torch.from_numpy(vectors).requires_grad_(True)
+    from_torch = evaluate_arrays(tensor, torch.from_numpy(labels), tensor, labels, KS,
+                                 exclude_self=True, product="torch")
+    assert from_torch == from_numpy
+
+
 def test_metric_keys_and_ranges(dyadic):
     vectors, labels = problem(dyadic, 4)
     got = evaluate_arrays(vectors, labels, vectors, labels, (8, 1), exclude_self=True)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from raml_cli.errors import InputError
 from raml_cli.evaluate import neighbours
 from raml_cli.evaluate.neighbours import ClassIndex, count_positives, positive_ranks
 
 
 def collect(query, query_labels, database, database_labels, self_index=None, **kwargs):
     out = {}
-    for block in positive_ranks(torch.from_numpy(query), query_labels,
-                                torch.from_numpy(database), database_labels, self_index,
+    for block in positive_ranks(query, query_labels,
+                                database, database_labels, self_index,
                                 **kwargs):
         for i, q in enumerate(block.query_index):
             out[int(q)] = block.ranks[block.offsets[i]:block.offsets[i + 1]].tolist()
@@ -42,6 +42,19 @@ def test_ranks_match_full_sort(dyadic, brute_force_ranks, seed, same):
     expected = brute_force_ranks(query, q_labels, database, db_labels, self_index)
     got = collect(query, q_labels, database, db_labels, self_index, block_size=4, chunk_size=7)
     assert got == expected
+
+
+@pytest.mark.parametrize("product", ["numpy", "torch"])
+def test_every_score_product_gives_the_full_sort_ranks(dyadic, brute_force_ranks, product):
+    query, q_labels, database, db_labels = tie_heavy_problem(dyadic, 7, same=False)
+    expected = brute_force_ranks(query, q_labels, database, db_labels, None)
+    assert collect(query, q_labels, database, db_labels, block_size=5, chunk_size=8,
+                   product=product) == expected
+
+
+def test_unknown_score_product_is_refused():
+    with pytest.raises(InputError, match="choose one of numpy, torch"):
+        next(positive_ranks(np.eye(2), [0, 0], np.eye(2), [0, 0], product="blas"))
 
 
 @pytest.mark.parametrize(("block_size", "chunk_size"), [(1, 1), (3, 5), (64, 4096)])
