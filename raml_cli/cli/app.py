@@ -105,6 +105,8 @@ def _register_all() -> None:
     register("evaluate", evaluate.command)
     from raml_cli.cli import distill
     register("distill", distill.command)
+    from raml_cli.cli import demo
+    register("demo", demo.command)
     pass
 
 

@@ -1,0 +1,374 @@
+"""``raml demo``: the paper's effect on the built-in toy dataset, end to end, on a CPU.
+
+The pipeline, with the same engine functions as the individual commands::
+
+    raml download toy                        -> OUT/data/toy
+    raml train-teacher  at R (128 px)        -> OUT/teacher-128px.safetensors
+    raml distill        to r (48 px)         -> OUT/student-48px.safetensors
+    raml embed  (test split) teacher@R, teacher@r, student@r   -> OUT/embeddings/*.h5
+    raml evaluate  five ways                 -> the table, OUT/demo.json
+
+The table has the rows of the paper's comparison (METHOD.md): the teacher at the
+database resolution (symmetric, the upper bound), the teacher at the query resolution
+(symmetric), *naive asymmetric* (teacher@r queries against the teacher@R database),
+*RAML asymmetric* (student@r queries against the teacher@R database) and the student
+alone at r (symmetric); columns R@1, R@4, mAP (plain, non-interpolated AP over the full
+ranking; ``map`` in :mod:`raml_cli.evaluate`) and the query-side cost in GMACs.
+
+Every step keeps its output in ``OUT`` and is skipped when a rerun finds it complete
+and made with the same options (models are checked through their recorded options,
+embeddings through the model hash and resolution); an interrupted training resumes
+from its checkpoint. The artifacts are ordinary raml files, so the other commands can
+continue from them (``raml evaluate OUT/embeddings/student-48px-test.h5
+OUT/embeddings/teacher-128px-test.h5``).
+
+The defaults (:data:`DEMO_TEACHER`, :data:`DEMO_STUDENT`) were chosen so that the whole
+demo runs in a few minutes on a 2-core CPU; docs/demo.md records the measured table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raml_cli.atomic import atomic_write_text
+from raml_cli.errors import InputError
+from raml_cli.progress import NULL_REPORTER, Reporter
+
+ROW_NAMES = ("teacher_high_sym", "teacher_low_sym", "naive_asym", "raml_asym",
+             "student_low_sym")
+ROW_TITLES = {
+    "teacher_high_sym": "teacher@R symmetric",
+    "teacher_low_sym": "teacher@r symmetric",
+    "naive_asym": "naive asymmetric (teacher@r -> teacher@R)",
+    "raml_asym": "RAML asymmetric (student@r -> teacher@R)",
+    "student_low_sym": "student@r symmetric",
+}
+
+#: Teacher training of the demo (options of :class:`~raml_cli.train.teacher.TeacherConfig`):
+#: timm's ``test_resnet`` (a ResNet with one basic block per stage, 0.4 M parameters) from
+#: random weights, every training image once per epoch.
+DEMO_TEACHER: dict[str, Any] = {
+    "arch": "test_resnet", "pool": "gem", "dim": 128, "init": "none", "epochs": 30,
+    "lr": 1e-3, "margin": 0.2, "samples_per_class": 4, "negatives": 4, "batch_size": 20,
+    "images_per_epoch": 0, "pool_size": 1000,
+}
+#: Distillation of the demo (options of :class:`~raml_cli.train.distill.DistillConfig`):
+#: the paper's method (coupled augmentations, mixup, the full loss with the reference's
+#: CUB weights), student initialised from the teacher, a short schedule.
+DEMO_STUDENT: dict[str, Any] = {
+    "mode": "aug", "init": "teacher", "augs": 4, "mixup": 0.2, "lambda1": 0.7718,
+    "lambda2": 0.6684, "epochs": 8, "lr": 2e-3, "batch_size": 8, "accumulate": 1,
+    "images_per_epoch": 0,
+}
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``raml demo``.
+
+    Attributes:
+        out: the folder that keeps every artifact (reused by a rerun).
+        seed: seed of the toy dataset and of both trainings.
+        query_res: ``r``, the student's (query) resolution.
+        database_res: ``R``, the teacher's (database) resolution.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        dataset: ``None`` for the built-in toy dataset (generated into ``OUT/data``), or
+            a dataset name / path as ``--dataset`` takes it (then it is not generated).
+        teacher, student: overrides of :data:`DEMO_TEACHER` / :data:`DEMO_STUDENT`
+            (e.g. a tiny run for tests).
+        workers: DataLoader processes (default: 1 on the CPU, so that decoding and
+            augmentation run beside the network; 4 on CUDA).
+        threads: CPU threads of PyTorch (default on the CPU: the cores minus the workers,
+            at least 1; OpenMP threads that share a core with a worker wait on it).
+        ks: recall cut-offs evaluated (the table shows R@1 and R@4).
+    """
+
+    out: Path = Path("raml-demo")
+    seed: int = 0
+    query_res: int = 48
+    database_res: int = 128
+    device: str = "auto"
+    dataset: str | None = None
+    teacher: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = None
+    threads: int | None = None
+    ks: tuple[int, ...] = (1, 2, 4, 8)
+
+    def check(self) -> None:
+        if self.query_res < 8 or self.database_res < 8:
+            raise InputError(f"Resolutions must be at least 8 pixels; got --query-res "
+                             f"{self.query_res} and a database resolution {self.database_res}.")
+        if self.query_res >= self.database_res:
+            raise InputError(f"--query-res ({self.query_res}) must be below the database "
+                             f"resolution ({self.database_res}): the demo shows small queries "
+                             "against a large-resolution database.")
+        if 1 not in self.ks or 4 not in self.ks:
+            raise InputError("The demo table needs recall at 1 and 4; keep 1 and 4 in ks.")
+
+
+@dataclass
+class DemoResult:
+    """The demo's table and where its artifacts are.
+
+    Attributes:
+        rows: one dict per row of :data:`ROW_NAMES`: ``name``, ``query_res``,
+            ``database_res``, ``recall@1``, ``recall@4``, ``map`` (fractions in [0, 1]),
+            ``query_gmacs``.
+        output_dir: the artifacts' folder.
+        seconds: wall time per step (``data``, ``teacher``, ``student``, ``embed``,
+            ``evaluate``, ``total``) of this invocation (a reused step takes ~0 s).
+        reused: the steps whose outputs were reused.
+        files: the artifacts by role.
+    """
+
+    rows: list[dict[str, Any]]
+    output_dir: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``raml demo --json`` prints: ``{"rows": [...], "output_dir": ...}``."""
+        return {"rows": self.rows, "output_dir": str(self.output_dir)}
+
+    def row(self, name: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["name"] == name)
+
+
+def run_demo(config: DemoConfig, reporter: Reporter = NULL_REPORTER) -> DemoResult:
+    """Run (or continue) the whole demo and return its table; see the module docstring."""
+    from raml_cli.devices import resolve_device, torch_threads
+
+    config.check()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    cpu = device.type == "cpu"
+    workers = config.workers if config.workers is not None else (1 if cpu else 4)
+    threads = config.threads
+    if threads is None and cpu:
+        threads = max(1, (os.cpu_count() or 1) - workers)
+    run = _Run(config, out, str(device), workers, reporter)
+    started = time.perf_counter()
+    with torch_threads(threads):
+        with run.step("data"):
+            dataset, root = run.prepare_data()
+        with run.step("teacher"):
+            teacher = run.train_teacher(dataset, root)
+        with run.step("student"):
+            student = run.distill(teacher)
+        with run.step("embed"):
+            embeddings = run.embed(dataset, root, teacher, student)
+        with run.step("evaluate"):
+            rows = run.evaluate(embeddings, teacher, student)
+    run.seconds["total"] = time.perf_counter() - started
+    result = DemoResult(rows, out, run.seconds, run.reused,
+                        {"teacher": str(teacher), "student": str(student),
+                         **{f"embeddings_{k}": str(v) for k, v in embeddings.items()}})
+    record = {**result.to_json(), "seconds": result.seconds, "reused": result.reused,
+              "files": result.files, "device": str(device), "workers": workers,
+              "threads": threads, "config": _jsonable(asdict(config))}
+    atomic_write_text(out / "demo.json", json.dumps(record, indent=2) + "\n")
+    reporter.log(f"demo finished in {result.seconds['total']:.0f} s; table in "
+                 f"{out / 'demo.json'}")
+    return result
+
+
+class _Run:
+    """The steps of one demo invocation (each skipped when its output is reusable)."""
+
+    def __init__(self, config: DemoConfig, out: Path, device: str, workers: int,
+                 reporter: Reporter) -> None:
+        self.config = config
+        self.out = out
+        self.device = device
+        self.workers = workers
+        self.reporter = reporter
+        self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+
+    # -- 1. data ----------------------------------------------------------------------------
+
+    def prepare_data(self) -> tuple[str, Path]:
+        from raml_cli.data.catalog import prepare_dataset
+
+        if self.config.dataset is not None:
+            return self.config.dataset, self.out / "data"
+        self.reporter.log("[1/5] the toy dataset (raml download toy)")
+        prepare_dataset("toy", root=self.out / "data", seed=self.config.seed,
+                        reporter=self.reporter)
+        return "toy", self.out / "data"
+
+    # -- 2. teacher -------------------------------------------------------------------------
+
+    def train_teacher(self, dataset: str, root: Path) -> Path:
+        from raml_cli.train.teacher import TeacherConfig, TeacherTask, train_teacher
+
+        cfg = self.config
+        output = self.out / f"teacher-{cfg.database_res}px.safetensors"
+        options = {**DEMO_TEACHER, **cfg.teacher}
+        teacher_config = TeacherConfig.from_options(
+            dataset, output=output, root=root, res=cfg.database_res, seed=cfg.seed,
+            device=self.device, workers=self.workers, **options)
+        self.reporter.log(f"[2/5] teacher: {options['arch']} at {cfg.database_res} px "
+                          f"(raml train-teacher)")
+        if _same_options(output, TeacherTask(teacher_config).describe()):
+            self.reused.append("teacher")
+            self.reporter.log(f"reusing {output}")
+            return output
+        teacher_config.resume = _checkpoint_exists(output)
+        return train_teacher(teacher_config, self.reporter)
+
+    # -- 3. student -------------------------------------------------------------------------
+
+    def distill(self, teacher: Path) -> Path:
+        from raml_cli.train.distill import DistillConfig, DistillTask, distill
+
+        cfg = self.config
+        output = self.out / f"student-{cfg.query_res}px.safetensors"
+        options = {**DEMO_STUDENT, **cfg.student}
+        distill_config = DistillConfig.from_options(
+            teacher, cfg.query_res, output=output, seed=cfg.seed, device=self.device,
+            workers=self.workers, **options)
+        distill_config.check()
+        self.reporter.log(f"[3/5] student: distilled to {cfg.query_res} px (raml distill)")
+        task = DistillTask(distill_config)
+        if _same_options(output, task.describe(), teacher_sha256=task.teacher_sha256):
+            self.reused.append("student")
+            self.reporter.log(f"reusing {output}")
+            return output
+        distill_config.resume = _checkpoint_exists(output)
+        return distill(distill_config, self.reporter)
+
+    # -- 4. embeddings ----------------------------------------------------------------------
+
+    def embed(self, dataset: str, root: Path, teacher: Path,
+              student: Path) -> dict[str, Path]:
+        from raml_cli.data.catalog import load_dataset
+        from raml_cli.embed import embed_dataset
+        from raml_cli.model.files import file_sha256
+
+        cfg = self.config
+        splits = load_dataset(dataset, root)
+        samples = splits.split("test")
+        folder = self.out / "embeddings"
+        jobs = {
+            "teacher_high": (teacher, cfg.database_res, "teacher"),
+            "teacher_low": (teacher, cfg.query_res, "teacher"),
+            "student_low": (student, cfg.query_res, "student"),
+        }
+        self.reporter.log(f"[4/5] embedding the {len(samples)} test images three ways "
+                          "(raml embed)")
+        files = {}
+        for key, (model, res, role) in jobs.items():
+            output = folder / f"{role}-{res}px-test.h5"
+            files[key] = output
+            if _same_embeddings(output, file_sha256(model), res, len(samples)):
+                self.reused.append(f"embeddings {output.name}")
+                continue
+            embed_dataset(model, output, samples, splits.root, dataset=splits.name,
+                          split="test", res=res, workers=self.workers, device=self.device,
+                          reporter=self.reporter)
+        return files
+
+    # -- 5. evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, files: dict[str, Path], teacher: Path,
+                 student: Path) -> list[dict[str, Any]]:
+        from raml_cli.evaluate import evaluate_sets
+        from raml_cli.model.cost import macs_per_image
+        from raml_cli.model.files import load_model
+        from raml_cli.store import read_embeddings
+
+        cfg = self.config
+        self.reporter.log("[5/5] evaluating (raml evaluate)")
+        sets = {key: read_embeddings(path) for key, path in files.items()}
+        teacher_net, _ = load_model(teacher)
+        student_net, _ = load_model(student)
+        gmacs = {
+            "teacher_high": macs_per_image(teacher_net, cfg.database_res) / 1e9,
+            "teacher_low": macs_per_image(teacher_net, cfg.query_res) / 1e9,
+            "student_low": macs_per_image(student_net, cfg.query_res) / 1e9,
+        }
+        plan = {  # row -> (query set, database set)
+            "teacher_high_sym": ("teacher_high", "teacher_high"),
+            "teacher_low_sym": ("teacher_low", "teacher_low"),
+            "naive_asym": ("teacher_low", "teacher_high"),
+            "raml_asym": ("student_low", "teacher_high"),
+            "student_low_sym": ("student_low", "student_low"),
+        }
+        rows = []
+        for name in ROW_NAMES:
+            query, database = plan[name]
+            result = evaluate_sets(sets[query], sets[database], ks=cfg.ks)
+            rows.append({
+                "name": name,
+                "query_res": cfg.database_res if query == "teacher_high" else cfg.query_res,
+                "database_res": cfg.database_res if database == "teacher_high"
+                else cfg.query_res,
+                "recall@1": float(result.metrics["recall@1"]),
+                "recall@4": float(result.metrics["recall@4"]),
+                "map": float(result.metrics["map"]),
+                "query_gmacs": round(gmacs[query], 6),
+            })
+        return rows
+
+
+def _checkpoint_exists(output: Path) -> bool:
+    from raml_cli.train.checkpoint import checkpoint_path
+
+    return checkpoint_path(output).exists()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _same_options(path: Path, described: dict[str, Any], **expected: Any) -> bool:
+    """True when the model file ``path`` exists and was trained with these options."""
+    from raml_cli.errors import RamlError
+    from raml_cli.model.files import read_model_info
+
+    if not path.is_file():
+        return False
+    try:
+        info = read_model_info(path)
+    except RamlError:
+        return False
+    recorded = {**info.config, "teacher_sha256": info.teacher_sha256}
+    wanted = {**_jsonable(described), **expected}
+    return all(recorded.get(key) == value for key, value in wanted.items())
+
+
+def _same_embeddings(path: Path, model_sha256: str, res: int, rows: int) -> bool:
+    """True when the embeddings file ``path`` holds ``rows`` rows of this model at ``res``."""
+    from raml_cli.errors import RamlError
+    from raml_cli.store import read_attributes, read_embeddings
+
+    if not path.is_file():
+        return False
+    try:
+        attrs = read_attributes(path)
+        if attrs.get("model_sha256") != model_sha256 or int(attrs.get("resolution", 0)) != res:
+            return False
+        return read_embeddings(path).num == rows
+    except (RamlError, ValueError):
+        return False
+
+
+__all__ = ["DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES",
+           "ROW_TITLES", "run_demo"]
