@@ -197,8 +197,8 @@ class _Context:
     product: ScoreProduct
 
     def __post_init__(self) -> None:
-        self.max_database_norm = (float(np.linalg.norm(self.database_np, axis=1).max())
-                                  if len(self.database_np) else 0.0)
+        squares = np.einsum("nd,nd->n", self.database_np, self.database_np)
+        self.max_database_norm = float(np.sqrt(squares.max())) if len(squares) else 0.0
 
 
 def _rank_block(ctx: _Context, rows: np.ndarray, expected: np.ndarray) -> PositiveRanks | None:
@@ -234,7 +234,8 @@ def _unthresholded_ranks(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
     found_rows, found_ranks = [], []
     for first in range(0, missed.size, step):
         part = missed[first:first + step]
-        no_threshold = np.full(part.size, -np.inf, dtype=np.float32)
+        # The lowest finite float32: every item but the excluded one (-inf) is a candidate.
+        no_threshold = np.full(part.size, np.finfo(np.float32).min, dtype=np.float32)
         result = _positive_ranks_of(ctx, rows[part], queries[part], no_threshold, limit=False)
         assert result is not None
         found_rows.append(part[result[0]])
@@ -305,34 +306,43 @@ def _thresholds(ctx: _Context, rows: np.ndarray, queries: np.ndarray) -> np.ndar
         valid &= items != self_rows
         scores = np.einsum("bpd,bd->bp", ctx.database_np[items], queries)
         lowest = np.minimum(lowest, np.where(valid, scores, np.inf).min(axis=1))
-    norms = np.linalg.norm(queries, axis=1)
+    norms = np.sqrt(np.einsum("bd,bd->b", queries, queries))
     margin = (2.0 * dim * _FLOAT32_UNIT_ROUNDOFF * 1.5) * norms * ctx.max_database_norm
     return (lowest.astype(np.float64) - margin - 1e-30).astype(np.float32)
 
 
-def _candidates(ctx: _Context, queries: np.ndarray, thresholds: np.ndarray, limit: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The items scoring at least the threshold: ``(block_row, database_row, score)``.
+def _candidates(ctx: _Context, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
+                limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The items scoring at least the threshold, as ``(key, database_row)`` arrays.
 
-    Scores come from one float32 product per database chunk; the comparison and the
-    extraction run in numpy (single-threaded, vectorised), which is much cheaper than
-    the product. ``None`` when ``limit`` is set and more than ``ctx.max_candidates``
-    turn up.
+    ``key`` (uint64, see :func:`_row_score_key`) holds the block row and the score.
+    Scores come from one float32 product per database chunk; each query's excluded row
+    is set to ``-inf`` there, so it is never a candidate. The comparison and the
+    extraction run in NumPy (single-threaded, vectorised), much cheaper than the
+    product. ``None`` when ``limit`` is set and more than ``ctx.max_candidates`` turn up.
     """
-    rows, cols, values = [], [], []
+    keys, cols = [], []
     total = 0
     column = thresholds[:, None]
+    self_rows = ctx.self_index[rows]
+    has_self = np.flatnonzero(self_rows >= 0)
+    masks: dict[tuple[int, int], np.ndarray] = {}
     for first in range(0, ctx.database_np.shape[0], ctx.chunk_size):
         scores = ctx.product(queries, ctx.database_np[first:first + ctx.chunk_size])
-        flat = np.flatnonzero(scores >= column)
+        width = scores.shape[1]
+        inside = has_self[(self_rows[has_self] >= first) & (self_rows[has_self] < first + width)]
+        scores[inside, self_rows[inside] - first] = -np.inf
+        mask = masks.get(scores.shape)
+        if mask is None:
+            mask = masks[scores.shape] = np.empty(scores.shape, dtype=bool)
+        flat = np.flatnonzero(np.greater_equal(scores, column, out=mask))
         total += flat.size
         if limit and total > ctx.max_candidates and queries.shape[0] > 1:
             return None
-        hit_rows = flat // scores.shape[1]
-        rows.append(hit_rows)
-        cols.append(flat - hit_rows * scores.shape[1] + first)
-        values.append(scores.ravel()[flat])
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
+        hit_rows = flat // width
+        keys.append(_row_score_key(hit_rows, scores.ravel()[flat]))
+        cols.append(flat - hit_rows * width + first)
+    return np.concatenate(keys), np.concatenate(cols)
 
 
 def _positive_ranks_of(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
@@ -350,21 +360,18 @@ def _positive_ranks_of(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
     Returns ``(block_row, rank)`` int64 arrays, one entry per positive found, sorted by
     block row then rank; ``None`` if the candidates overflow (see :func:`_candidates`).
     """
-    found = _candidates(ctx, queries, thresholds, limit)
+    found = _candidates(ctx, rows, queries, thresholds, limit)
     if found is None:
         return None
-    block_rows, cols, scores = found
-    not_self = cols != ctx.self_index[rows][block_rows]
-    block_rows, cols, scores = block_rows[not_self], cols[not_self], scores[not_self]
-    keys = _row_score_key(block_rows, scores)
+    keys, cols = found
+    block_rows = (keys >> np.uint64(32)).astype(np.intp)
     positive = ctx.database_labels[cols] == ctx.query_labels[rows][block_rows]
     pos_rows, pos_keys, pos_cols = block_rows[positive], keys[positive], cols[positive]
     sorted_keys = np.sort(keys)
+    row_start = np.searchsorted(sorted_keys, pos_rows.astype(np.uint64) << np.uint64(32))
     better = np.searchsorted(sorted_keys, pos_keys, side="left")
     tied = np.searchsorted(sorted_keys, pos_keys, side="right") - better > 1
-    row_start = np.cumsum(np.bincount(block_rows, minlength=len(rows))) \
-        - np.bincount(block_rows, minlength=len(rows))
-    ranks = better - row_start[pos_rows]
+    ranks = better - row_start
     if tied.any():
         ranks[tied] += _earlier_rows_with_equal_key(keys, cols, pos_keys[tied], pos_cols[tied])
     order = np.lexsort((ranks, pos_rows))
@@ -386,13 +393,25 @@ def _earlier_rows_with_equal_key(keys: np.ndarray, cols: np.ndarray, tied_keys: 
 
 
 def _row_score_key(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """int64 keys ordering by row ascending, then float32 score descending, exactly.
+    """uint64 keys ordering by row ascending, then float32 score descending, exactly.
 
-    A float32's bit pattern, read as int32 and with the magnitude bits of negative
-    values flipped, is monotone in the float's value; ``-0.0`` is first made ``+0.0``.
+    A float32's bit pattern read as int32, with the magnitude bits of negative values
+    flipped, is monotone in the float's value (``-0.0`` is first made ``+0.0``); its
+    complement, offset into [0, 2^32), is the descending part, below the row bits.
+
+    Args:
+        rows: int ``[C]`` in ``[0, 2^32)``.
+        scores: float32 ``[C]`` (consumed: modified in place).
     """
-    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
-    bits = bits.astype(np.int64)
-    monotone = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # in [-2^31, 2^31)
-    descending = (1 << 31) - 1 - monotone  # in [0, 2^32)
-    return (rows.astype(np.int64) << 32) | descending
+    scores += np.float32(0.0)
+    bits = scores.view(np.int32)
+    sign = bits >> 31
+    sign &= 0x7FFFFFFF
+    bits ^= sign  # monotone int32
+    np.invert(bits, out=bits)
+    descending = bits.view(np.uint32)
+    descending ^= np.uint32(0x80000000)  # 2^31 - 1 - monotone, in [0, 2^32)
+    key = rows.astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= descending
+    return key

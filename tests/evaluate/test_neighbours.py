@@ -144,7 +144,7 @@ def test_row_score_key_orders_rows_then_scores_descending():
     scores = np.array([0.5, -0.0, 0.0, -1e-30, 1e-30, -2.0, np.inf, -np.inf, 3.0],
                       dtype=np.float32)
     rows = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1])
-    keys = neighbours._row_score_key(rows, scores)
+    keys = neighbours._row_score_key(rows, scores.copy())
     assert keys[1] == keys[2]  # -0.0 and +0.0 are the same score
     order = np.argsort(keys, kind="stable")
     assert scores[order].tolist()[:-1] == sorted(scores[:-1].tolist(), reverse=True)
