@@ -171,9 +171,9 @@ def positive_ranks(
     expected = count_positives(query_labels, database_labels, self_index, index)
     pending = np.flatnonzero(expected > 0)
     context = _Context(query, query_labels, database, database_labels, self_index, index,
-                       chunk_size, max(int(max_candidates), num_database),
+                       balanced_part_size(num_database, chunk_size), max(int(max_candidates), num_database),
                        SCORE_PRODUCTS[product]())
-    start, size = 0, int(block_size)
+    start, size = 0, balanced_part_size(len(pending), block_size)
     while start < len(pending):
         rows = pending[start:start + size]
         block = _rank_block(context, rows, expected[rows])
@@ -182,6 +182,13 @@ def positive_ranks(
             continue
         yield block
         start += len(rows)
+
+
+def balanced_part_size(total: int, most: int) -> int:
+    """The part size that splits ``total`` into as few parts of at most ``most`` as
+    possible, all of nearly equal size (no small last part, which BLAS runs slowly)."""
+    parts = max(1, -(-total // most))
+    return max(1, -(-total // parts))
 
 
 @dataclass
