@@ -170,9 +170,9 @@ def positive_ranks(
     index = ClassIndex.from_labels(database_labels)
     expected = count_positives(query_labels, database_labels, self_index, index)
     pending = np.flatnonzero(expected > 0)
+    chunk = balanced_part_size(num_database, chunk_size)
     context = _Context(query, query_labels, database, database_labels, self_index, index,
-                       balanced_part_size(num_database, chunk_size), max(int(max_candidates), num_database),
-                       SCORE_PRODUCTS[product]())
+                       chunk, max(int(max_candidates), num_database), SCORE_PRODUCTS[product]())
     start, size = 0, balanced_part_size(len(pending), block_size)
     while start < len(pending):
         rows = pending[start:start + size]
