@@ -17,7 +17,10 @@ METHOD.md, "Teacher training". Per epoch:
    triplet loss on squared distances (:class:`~raml_cli.train.losses.TripletLoss`)
    averaged over the ``batch_size * negatives`` triplets.
 
-The network keeps BatchNorm statistics frozen; AdamW with GeM's ``p`` at 10x the
+The network keeps BatchNorm statistics frozen (from random weights, ``init="none"``,
+they are first measured on 256 training images: the default statistics of a random
+network describe no real activations, and frozen as they are the embeddings
+collapse to one point); AdamW with GeM's ``p`` at 10x the
 learning rate and no weight decay; a one-cycle schedule (the shared loop,
 :mod:`raml_cli.train.loop`). With ``val_every > 0`` the run trains on ``fit`` (=
 ``train`` minus ``val``) and reports symmetric R@1 and mAP on ``val`` (queries and
@@ -28,6 +31,7 @@ otherwise it trains on all of ``train``. The *last* model is written.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from raml_cli.errors import DataError, InputError
 from raml_cli.progress import NULL_REPORTER, Reporter
@@ -60,6 +65,9 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
     }
     for name in ("cub200", "cars196", "sop")
 }
+
+#: Training images whose activations set the BatchNorm statistics of a random init.
+CALIBRATION_IMAGES = 256
 
 #: Options that do not change what is computed (so a run may resume with other values).
 _RUNTIME_OPTIONS = ("output", "root", "workers", "device", "resume", "checkpoint_every",
@@ -208,7 +216,7 @@ class TeacherTask(TrainingTask):
         from raml_cli.data.transforms import eval_transform, train_transform
         from raml_cli.model.network import NetworkConfig, build_network
         from raml_cli.train.losses import build_loss
-        from raml_cli.train.sampler import ClassBalancedSampler, SeededDataset
+        from raml_cli.train.sampler import ClassBalancedSampler, SeededDataset, epoch_generator
 
         cfg = self.config
         splits = load_dataset(cfg.dataset, Path(cfg.root))
@@ -243,6 +251,23 @@ class TeacherTask(TrainingTask):
         self.train_images = SeededDataset(ImageDataset(self.image_root, self.samples,
                                                        train_transform(cfg.res, mean, std)))
         self.eval_tf = eval_transform(cfg.res, mean, std)
+        network = network.to(ctx.device)
+        if cfg.init == "none":
+            # Random weights come with BatchNorm statistics (mean 0, variance 1) that do not
+            # describe any real activations; frozen as they are, the embeddings collapse to
+            # one point. Measure them once on training images, then keep them frozen.
+            rng = epoch_generator(ctx.seed, 0, "calibrate")
+            chosen = rng.permutation(len(self.samples))[:CALIBRATION_IMAGES]
+            images = ImageDataset(self.image_root, [self.samples[int(i)] for i in chosen],
+                                  self.eval_tf)
+            loader = ctx.data_loader(images, [list(range(i, min(i + cfg.embed_batch_size,
+                                                                len(images))))
+                                              for i in range(0, len(images),
+                                                             cfg.embed_batch_size)])
+            count = calibrate_batchnorm(network, (batch[0] for batch in loader), ctx)
+            if count:
+                ctx.reporter.log(f"random init: BatchNorm statistics of {count} layer(s) "
+                                 f"measured on {len(images)} training images, then frozen")
         self.loss = build_loss("triplet", margin=cfg.margin)
         ctx.reporter.log(
             f"teacher: {cfg.arch} ({cfg.pool}, dim {network.embedding_dim}) at {cfg.res} px on "
@@ -292,8 +317,11 @@ class TeacherTask(TrainingTask):
         from raml_cli.train.distributed import all_gather_rows
 
         share = [indices[r::ctx.world_size] for r in range(ctx.world_size)]
-        mine = self._embed(module, [self.samples[int(i)] for i in share[ctx.rank]], ctx,
-                           "mining negatives")
+        if len(share[ctx.rank]):
+            mine = self._embed(module, [self.samples[int(i)] for i in share[ctx.rank]], ctx,
+                               "mining negatives")
+        else:  # more processes than images to embed
+            mine = torch.zeros((0, module.embedding_dim), dtype=torch.float32)
         parts = all_gather_rows(mine.to(ctx.device), [len(s) for s in share])
         out = torch.empty((len(indices), mine.shape[1]), dtype=torch.float32)
         for r, part in enumerate(parts):
@@ -377,26 +405,74 @@ class TeacherTask(TrainingTask):
                    dataset=self.dataset_name, config=config)
 
 
+def calibrate_batchnorm(network: nn.Module, batches: Iterable[torch.Tensor],
+                        ctx: LoopContext) -> int:
+    """Set every BatchNorm layer's running statistics to their average over ``batches``.
+
+    For a randomly initialised network, whose BatchNorm layers are then kept frozen
+    (METHOD.md): the statistics are measured once, with every other layer in eval mode,
+    as the cumulative average over the batches (``momentum=None``), and the layers'
+    momentum is restored afterwards. ``batches`` yields normalised images
+    ``[B, 3, H, W]``. Returns the number of BatchNorm layers calibrated.
+    """
+    layers = [m for m in network.modules() if isinstance(m, _BatchNorm)]
+    if not layers:
+        return 0
+    was_training = network.training
+    momenta = [m.momentum for m in layers]
+    network.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    try:
+        with torch.no_grad(), ctx.autocast():
+            for images in batches:
+                network(ctx.to_device(images))
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        network.train(was_training)
+    return len(layers)
+
+
+_PROBE_RESOLUTIONS = (32, 64, 96, 128, 160, 224, 299, 384, 448)
+
+
 def check_resolution(network: nn.Module, res: int, arch: str) -> None:
     """Raise :class:`InputError` when ``network`` cannot embed a ``res x res`` image.
 
-    Runs one forward pass of a blank image on the CPU (before any training work).
+    Runs one forward pass of a blank image on the CPU (before any training work). On a
+    failure, larger resolutions are probed so the message can name one that works.
     """
+
+    def works(size: int) -> str | None:
+        try:
+            with torch.no_grad():
+                out = network(torch.zeros(1, 3, size, size))
+            return None if torch.isfinite(out).all() else "non-finite output"
+        except (RuntimeError, ValueError, AssertionError) as err:
+            return str(err).splitlines()[0] if str(err) else type(err).__name__
+
     was_training = network.training
     network.eval()
     try:
-        with torch.no_grad():
-            out = network(torch.zeros(1, 3, res, res))
-        if not torch.isfinite(out).all():
-            raise RuntimeError("non-finite output")
-    except (RuntimeError, ValueError) as err:
-        raise InputError(
-            f"--res {res} is below what {arch} accepts: a {res}x{res} image fails in the "
-            f"network ({str(err).splitlines()[0]}). Use a larger --res (e.g. 32 or more for "
-            "ResNets)."
-        ) from err
+        problem = works(res)
+        if problem is None:
+            return
+        larger = next((r for r in _PROBE_RESOLUTIONS if r > res and works(r) is None), None)
     finally:
         network.train(was_training)
+    if larger is not None:
+        raise InputError(
+            f"--res {res} is below what {arch} accepts: a {res}x{res} image fails in the "
+            f"network ({problem}). Use --res {larger} or more."
+        )
+    raise InputError(
+        f"{arch} fails on a blank {res}x{res} image ({problem}), and at larger resolutions "
+        "too: this architecture does not fit raml's embedding network. Choose another --arch "
+        "(e.g. resnet50)."
+    )
 
 
 def train_teacher(config: TeacherConfig, reporter: Reporter = NULL_REPORTER) -> Path:
