@@ -130,9 +130,11 @@ def command(
         last = result.validations[-1]
         rows += [[f"val {k} (epoch {last['epoch']})", percent(v)]
                  for k, v in last["metrics"].items()]
-        if result.best is not None and result.best["epoch"] != last["epoch"]:
-            rows += [[f"best val recall@1 (epoch {result.best['epoch']})",
-                      percent(result.best["metrics"].get("recall@1"))]]
+        best = result.best
+        if best is not None and best["metrics"].get("recall@1", 0.0) > \
+                last["metrics"].get("recall@1", 0.0):
+            rows += [[f"best val recall@1 (epoch {best['epoch']}; not saved)",
+                      percent(best["metrics"].get("recall@1"))]]
     print_table("teacher trained", ["", "value"], rows)
 
 

@@ -164,6 +164,7 @@ class LoopContext:
         channels_last: whether image batches should be channels-last.
         mixed_precision: whether forward passes run under bf16 autocast on CUDA.
         reporter: progress reporting (the task may open nested bars, e.g. for mining).
+        checkpoint: the run's checkpoint file (for messages; the loop alone writes it).
     """
 
     device: torch.device
@@ -174,6 +175,7 @@ class LoopContext:
     channels_last: bool = True
     mixed_precision: bool = True
     reporter: Reporter = NULL_REPORTER
+    checkpoint: Path | None = None
 
     @property
     def is_main(self) -> bool:
@@ -372,6 +374,7 @@ class _Runner:
             workers=cfg.workers, channels_last=channels_last,
             mixed_precision=cfg.mixed_precision,
             reporter=self.reporter if setup.rank == 0 else NULL_REPORTER,
+            checkpoint=self.checkpoint,
         )
         self.ctx = ctx
         self._preflight()
@@ -594,16 +597,15 @@ class _Runner:
         self.best = broadcast_object(self.best)  # type: ignore[assignment]
 
     def _nan_stop(self, value: float) -> None:
-        kept = (f"The last good checkpoint {self.checkpoint} was kept: after lowering --lr, "
-                "continue from it with --resume (it holds the same options), or delete it to "
-                "start over." if self.checkpoint.exists() else
-                "No checkpoint was written before it happened.")
+        kept = (f"The last good checkpoint {self.checkpoint} was kept (the run up to it is "
+                "sound); to train again with a lower --lr, delete it first." if
+                self.checkpoint.exists() else "No checkpoint had been written yet.")
         self._log({"event": "nan", "epoch": self.epoch + 1, "step": self.global_step,
                    "loss": str(value)})
         raise TrainingError(
             f"The training loss became {value} at epoch {self.epoch + 1}, optimiser step "
             f"{self.global_step + 1}; the weights were not updated with it. This usually means "
-            f"the learning rate is too high for this network and batch. {kept}"
+            f"the learning rate is too high for this network and batch: try half of it. {kept}"
         )
 
     # -- files (rank 0) -------------------------------------------------------------------

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from raml_cli.errors import DataError, InputError
+from raml_cli.errors import DataError, InputError, TrainingError
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.train.loop import (
     LoopConfig,
@@ -326,6 +326,15 @@ class TeacherTask(TrainingTask):
         out = torch.empty((len(indices), mine.shape[1]), dtype=torch.float32)
         for r, part in enumerate(parts):
             out[r::ctx.world_size] = part.float().cpu()
+        if not torch.isfinite(out).all():
+            kept = (f"The last good checkpoint {ctx.checkpoint} was kept; delete it before "
+                    "training again with a lower --lr." if ctx.checkpoint is not None
+                    and ctx.checkpoint.exists() else "No checkpoint had been written yet.")
+            raise TrainingError(
+                "The network gives non-finite embeddings (NaN or inf) at the start of an epoch, "
+                "while mining negatives: training diverged, usually because the learning rate "
+                f"is too high: try half of it. {kept}"
+            )
         return out
 
     def _embed(self, module: nn.Module, samples: list, ctx: LoopContext,
