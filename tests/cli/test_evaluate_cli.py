@@ -158,7 +158,6 @@ def test_help_shows_an_example():
     assert "raml evaluate queries.h5 db.h5" in result.stdout and "--exclude-self" in result.stdout
 
 
-@pytest.mark.slow  # two interpreter start-ups that import torch
 def test_as_a_subprocess(files, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "raml_cli", "evaluate", str(files["q"]),
                          str(files["db"]), "--k", "1,2", "--json"],
