@@ -32,17 +32,24 @@ def bare_images_per_second(args: argparse.Namespace, device: torch.device) -> fl
     """Images/s of forward + loss + backward + step on one fixed batch."""
     from raml_cli.devices import autocast
     from raml_cli.model.network import NetworkConfig, build_network
+    from raml_cli.train.loop import LoopContext
     from raml_cli.train.losses import TripletLoss
     from raml_cli.train.mining import hardest_positive
+    from raml_cli.train.teacher import calibrate_batchnorm
 
     torch.manual_seed(0)
+    channels_last = device.type == "cuda"  # as the loop decides
     network = build_network(NetworkConfig(args.arch, whitening=args.dim)).to(device)
-    network = network.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(network.parameter_groups(1e-4, 1e-6))
-    loss_fn = TripletLoss(0.7)
     bs, neg = args.batch_size, args.negatives
     images = torch.randn(bs * (1 + neg), 3, args.res, args.res, device=device)
-    images = images.contiguous(memory_format=torch.channels_last)
+    # The loop's random init gets measured BatchNorm statistics: so does the limit.
+    calibrate_batchnorm(network, [images], LoopContext(device=device))
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameter_groups(1e-4, 1e-6))
+    loss_fn = TripletLoss(0.7)
     labels = torch.arange(bs, device=device) // 4
 
     def step() -> None:
@@ -104,13 +111,20 @@ def main() -> None:
     from raml_cli.devices import resolve_device
 
     device = resolve_device(args.device)
-    bare = bare_images_per_second(args, device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as the loop does on the CPU: the limit gets it too
+    # The limit is measured before and after the loop, and the mean taken, so that a change
+    # of load on a shared machine during the run biases the ratio less.
+    bare_before = bare_images_per_second(args, device)
     with tempfile.TemporaryDirectory() as tmp:
         loop = loop_images_per_second(args, Path(tmp))
+    bare_after = bare_images_per_second(args, device)
+    bare = (bare_before + bare_after) / 2
     report = {
         "device": str(device), "torch_threads": torch.get_num_threads(), "arch": args.arch,
         "res": args.res, "images_per_step": args.batch_size * (1 + args.negatives),
         "workers": args.workers, "bare_images_per_second": round(bare, 2),
+        "bare_before_after": [round(bare_before, 2), round(bare_after, 2)],
         "loop_images_per_second": round(loop["images_per_second"], 2),
         "ratio": round(loop["images_per_second"] / bare, 3),
         "loop_seconds_total": round(loop["seconds_total"], 1),

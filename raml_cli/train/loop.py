@@ -107,6 +107,9 @@ class LoopConfig:
             on CUDA only (on the CPU it is usually slower).
         mixed_precision: bf16 autocast on CUDA (no effect on the CPU).
         threads: CPU threads for PyTorch (None: leave as is).
+        flush_denormal: on the CPU, flush denormal floats to zero while training (restored
+            after). Tiny activations and gradients of small or freshly initialised networks
+            otherwise become denormals, which the CPU computes with up to 100x slower.
     """
 
     output: Path
@@ -127,6 +130,7 @@ class LoopConfig:
     channels_last: bool | None = None
     mixed_precision: bool = True
     threads: int | None = None
+    flush_denormal: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (paths as strings)."""
@@ -360,10 +364,16 @@ class _Runner:
     def run(self) -> TrainingResult:
         started = time.perf_counter()
         setup = init_distributed(self.config.device)
+        flush = self.config.flush_denormal and not is_cuda(setup.device)
+        flushing_before = _flushing_denormals()
         try:
+            if flush:
+                torch.set_flush_denormal(True)
             with torch_threads(self.config.threads):
                 return self._run(setup, started)
         finally:
+            if flush:
+                torch.set_flush_denormal(flushing_before)
             shutdown_distributed()
 
     def _run(self, setup: Any, started: float) -> TrainingResult:
@@ -632,6 +642,12 @@ class _Runner:
     def _log(self, record: dict[str, Any]) -> None:
         if self.ctx.is_main:
             log_line(self.log, record)
+
+
+def _flushing_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (PyTorch has no getter for it)."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    return bool((tiny * 1.0).item() == 0.0)
 
 
 def _nothing() -> Any:

@@ -71,6 +71,7 @@ def test_resolution_and_preset_errors(toy: Path, tmp_path: Path) -> None:
     assert code == 2 and "--preset paper" in out
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(toy: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "t.safetensors"
     code, out = _run("--dataset", str(toy), "-o", str(out_file), *TINY, "--lr", "1e30",

@@ -155,3 +155,24 @@ def test_too_much_accumulation_and_bad_output(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(InputError):
         run_training(LinearTask(), _config(blocker / "m.safetensors"))
+
+
+def test_denormals_flushed_during_training_only(tmp_path: Path) -> None:
+    from raml_cli.train.loop import _flushing_denormals
+
+    class Probe(LinearTask):
+        seen: list[bool] = []
+
+        def compute_loss(self, model: nn.Module, batch: Any, ctx: LoopContext) -> LossOutput:
+            self.seen.append(_flushing_denormals())
+            return super().compute_loss(model, batch, ctx)
+
+    assert not _flushing_denormals()
+    run_training(Probe(), _config(tmp_path / "a.st", epochs=1, val_every=0))
+    assert Probe.seen and all(Probe.seen) and not _flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        run_training(Probe(), _config(tmp_path / "b.st", epochs=1, val_every=0))
+        assert _flushing_denormals()  # a caller's own setting is restored, not reset
+    finally:
+        torch.set_flush_denormal(False)

@@ -52,13 +52,13 @@ def test_negative_probabilities_hand_computed() -> None:
 def test_sample_negatives_follows_probabilities() -> None:
     pool = torch.tensor([[1.0, 0.0, 0.0], _at_distance(0.2), _at_distance(1.0), _at_distance(2.0)])
     pool_labels = torch.tensor([7, 1, 2, 3])
-    anchors = torch.tensor([[1.0, 0.0, 0.0]]).repeat(20000, 1)
-    labels = torch.full((20000,), 7)
+    anchors = torch.tensor([[1.0, 0.0, 0.0]]).repeat(8000, 1)
+    labels = torch.full((8000,), 7)
     g = torch.Generator().manual_seed(0)
     picks = sample_negatives(anchors, labels, pool, pool_labels, 1, g).flatten()
     freq = torch.bincount(picks, minlength=4).double() / len(picks)
     assert freq[0] == 0
-    assert freq.tolist()[1:] == pytest.approx([2 / 3.5, 1 / 3.5, 0.5 / 3.5], abs=0.015)
+    assert freq.tolist()[1:] == pytest.approx([2 / 3.5, 1 / 3.5, 0.5 / 3.5], abs=0.025)
     again = sample_negatives(anchors, labels, pool, pool_labels, 1,
                              torch.Generator().manual_seed(0)).flatten()
     assert torch.equal(picks, again)

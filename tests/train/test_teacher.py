@@ -154,7 +154,8 @@ def test_calibrate_batchnorm_measures_then_freezes() -> None:
 
 
 def test_sampler_state_round_trips(toy: Path, tmp_path: Path) -> None:
-    task = TeacherTask(_config(toy, tmp_path / "x.safetensors"))
+    task = TeacherTask(_config(toy, tmp_path / "x.safetensors", images_per_epoch=16,
+                               pool_size=24))
     ctx = LoopContext(device=torch.device("cpu"))
     network = task.build(ctx)
     task.begin_epoch(0, network, ctx)
