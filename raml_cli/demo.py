@@ -4,7 +4,7 @@ The pipeline, with the same engine functions as the individual commands::
 
     raml download toy                        -> OUT/data/toy
     raml train-teacher  at R (128 px)        -> OUT/teacher-128px.safetensors
-    raml distill        to r (48 px)         -> OUT/student-48px.safetensors
+    raml distill        to r (40 px)         -> OUT/student-40px.safetensors
     raml embed  (test split) teacher@R, teacher@r, student@r   -> OUT/embeddings/*.h5
     raml evaluate  five ways                 -> the table, OUT/demo.json
 
@@ -19,7 +19,7 @@ Every step keeps its output in ``OUT`` and is skipped when a rerun finds it comp
 and made with the same options (models are checked through their recorded options,
 embeddings through the model hash and resolution); an interrupted training resumes
 from its checkpoint. The artifacts are ordinary raml files, so the other commands can
-continue from them (``raml evaluate OUT/embeddings/student-48px-test.h5
+continue from them (``raml evaluate OUT/embeddings/student-40px-test.h5
 OUT/embeddings/teacher-128px-test.h5``).
 
 The defaults (:data:`DEMO_TEACHER`, :data:`DEMO_STUDENT`) were chosen so that the whole
@@ -55,8 +55,8 @@ ROW_TITLES = {
 #: timm's ``test_resnet`` (a ResNet with one basic block per stage, 0.4 M parameters) from
 #: random weights, every training image once per epoch.
 DEMO_TEACHER: dict[str, Any] = {
-    "arch": "test_resnet", "pool": "gem", "dim": 128, "init": "none", "epochs": 30,
-    "lr": 1e-3, "margin": 0.2, "samples_per_class": 4, "negatives": 4, "batch_size": 20,
+    "arch": "test_resnet", "pool": "gem", "dim": 128, "init": "none", "epochs": 10,
+    "lr": 1e-3, "margin": 0.2, "samples_per_class": 4, "negatives": 1, "batch_size": 20,
     "images_per_epoch": 0, "pool_size": 1000,
 }
 #: Distillation of the demo (options of :class:`~raml_cli.train.distill.DistillConfig`):
@@ -64,7 +64,7 @@ DEMO_TEACHER: dict[str, Any] = {
 #: CUB weights), student initialised from the teacher, a short schedule.
 DEMO_STUDENT: dict[str, Any] = {
     "mode": "aug", "init": "teacher", "augs": 4, "mixup": 0.2, "lambda1": 0.7718,
-    "lambda2": 0.6684, "epochs": 8, "lr": 2e-3, "batch_size": 8, "accumulate": 1,
+    "lambda2": 0.6684, "epochs": 6, "lr": 4e-3, "batch_size": 8, "accumulate": 1,
     "images_per_epoch": 0,
 }
 
@@ -92,7 +92,7 @@ class DemoConfig:
 
     out: Path = Path("raml-demo")
     seed: int = 0
-    query_res: int = 48
+    query_res: int = 40
     database_res: int = 128
     device: str = "auto"
     dataset: str | None = None

@@ -116,3 +116,15 @@ def test_bad_resolution_is_a_clear_error_in_a_subprocess() -> None:
     assert "--query-res (200) must be below the database resolution" in done.stderr
     assert "Traceback" not in done.stderr
     assert not Path("/nonexistent-never-created").exists()
+
+
+@pytest.mark.slow
+def test_default_demo_shows_the_papers_effect(tmp_path: Path) -> None:
+    """The full default demo (a few minutes on 2 CPU cores): RAML beats both baselines."""
+    result = run_demo(DemoConfig(out=tmp_path / "demo", device="cpu"))
+    _check_table(result.rows, 40, 128)
+    raml, naive = result.row("raml_asym"), result.row("naive_asym")
+    low, high = result.row("teacher_low_sym"), result.row("teacher_high_sym")
+    assert raml["recall@1"] >= naive["recall@1"] + 0.05
+    assert raml["recall@1"] > low["recall@1"]
+    assert high["recall@1"] > raml["recall@1"]  # the expensive upper bound stays on top

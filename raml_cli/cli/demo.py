@@ -26,7 +26,7 @@ def command(
                                       "the steps already done there.")] = Path("raml-demo"),
     seed: SeedOpt = 0,
     query_res: Annotated[int, typer.Option("--query-res", min=8, help="The query (student) "
-                                           "resolution; the database side is 128 px.")] = 48,
+                                           "resolution; the database side is 128 px.")] = 40,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
