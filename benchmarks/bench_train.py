@@ -9,7 +9,7 @@ Prints, for one network, resolution and batch shape:
   random resized crops, DataLoader workers, hardest positives, the NaN check, the
   progress bar, the JSONL log), as the loop measures it over its last epoch
   (negative mining at the start of an epoch is not counted, like validation);
-- their ratio (target: >= 0.8).
+- their ratio (target: >= 0.8), the median over ``--repeats`` back-to-back pairs.
 
 Usage (2-core CPU defaults; on a GPU raise --res and --batch-size)::
 
@@ -75,24 +75,27 @@ def bare_images_per_second(args: argparse.Namespace, device: torch.device) -> fl
     return args.steps * images.shape[0] / (time.perf_counter() - start)
 
 
-def loop_images_per_second(args: argparse.Namespace, work: Path) -> dict:
-    """Images/s of the real loop (last of two epochs) on a generated toy dataset."""
+def make_toy(args: argparse.Namespace, work: Path) -> Path:
+    """A generated toy dataset whose images are a little larger than ``--res``."""
     from raml_cli.data.toy import generate_toy
-    from raml_cli.train.teacher import TeacherConfig, train_teacher_result
 
     data = work / "toy"
     generate_toy(data, seed=0, num_classes=16, images_per_class=24, min_side=args.res + 16,
                  max_side=2 * args.res)
+    return data
+
+
+def loop_images_per_second(args: argparse.Namespace, data: Path, work: Path) -> float:
+    """Images/s of the real loop (last of two epochs) on the toy dataset ``data``."""
+    from raml_cli.train.teacher import TeacherConfig, train_teacher_result
+
     config = TeacherConfig(
         dataset=str(data), output=work / "teacher.safetensors", arch=args.arch, dim=args.dim,
         init="none", res=args.res, epochs=2, batch_size=args.batch_size,
         negatives=args.negatives, images_per_epoch=args.steps * args.batch_size,
         pool_size=64, workers=args.workers, device=args.device, seed=0,
     )
-    started = time.perf_counter()
-    result = train_teacher_result(config)
-    return {"images_per_second": result.images_per_second,
-            "seconds_total": time.perf_counter() - started}
+    return train_teacher_result(config).images_per_second
 
 
 def main() -> None:
@@ -106,6 +109,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     from raml_cli.devices import resolve_device
@@ -113,21 +117,22 @@ def main() -> None:
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as the loop does on the CPU: the limit gets it too
-    # The limit is measured before and after the loop, and the mean taken, so that a change
-    # of load on a shared machine during the run biases the ratio less.
-    bare_before = bare_images_per_second(args, device)
+    # On a shared machine the load changes from minute to minute: each repeat measures the
+    # limit and the loop back to back, and the median of the per-repeat ratios is reported.
+    bare, loop = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        loop = loop_images_per_second(args, Path(tmp))
-    bare_after = bare_images_per_second(args, device)
-    bare = (bare_before + bare_after) / 2
+        data = make_toy(args, Path(tmp))
+        for _ in range(args.repeats):
+            bare.append(bare_images_per_second(args, device))
+            loop.append(loop_images_per_second(args, data, Path(tmp)))
+    ratios = sorted(lo / b for lo, b in zip(loop, bare, strict=True))
     report = {
         "device": str(device), "torch_threads": torch.get_num_threads(), "arch": args.arch,
         "res": args.res, "images_per_step": args.batch_size * (1 + args.negatives),
-        "workers": args.workers, "bare_images_per_second": round(bare, 2),
-        "bare_before_after": [round(bare_before, 2), round(bare_after, 2)],
-        "loop_images_per_second": round(loop["images_per_second"], 2),
-        "ratio": round(loop["images_per_second"] / bare, 3),
-        "loop_seconds_total": round(loop["seconds_total"], 1),
+        "steps_per_epoch": args.steps, "workers": args.workers,
+        "bare_images_per_second": [round(v, 2) for v in bare],
+        "loop_images_per_second": [round(v, 2) for v in loop],
+        "median_ratio": round(ratios[len(ratios) // 2], 3),
     }
     print(json.dumps(report, indent=2))
 

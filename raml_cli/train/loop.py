@@ -206,6 +206,16 @@ class LoopContext:
                           pin_memory=is_cuda(self.device),
                           persistent_workers=False)
 
+    def epoch_loader(self, dataset: Any) -> Any:
+        """A :class:`~raml_cli.train.sampler.EpochLoader` (workers kept between epochs).
+
+        Make one per dataset (e.g. in ``build``) and call ``.epoch(batches)`` in
+        ``batches``.
+        """
+        from raml_cli.train.sampler import EpochLoader
+
+        return EpochLoader(dataset, self.workers, pin_memory=is_cuda(self.device))
+
 
 class TrainingTask(ABC):
     """What a kind of training provides to :func:`run_training`.

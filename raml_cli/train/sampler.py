@@ -174,3 +174,38 @@ class ClassBalancedSampler:
         """Micro-batches ``rank, rank + world_size, ...`` (an equal share per process)."""
         per_rank = len(batches) // world_size
         return list(batches[rank::world_size][:per_rank])
+
+
+class _CurrentBatches:
+    """A batch sampler whose batches are swapped between epochs (see :class:`EpochLoader`)."""
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+
+    def __iter__(self) -> Any:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EpochLoader:
+    """One DataLoader for every epoch, so worker processes start once, not once per epoch.
+
+    Each epoch hands its own list of batches (lists of dataset keys) to :meth:`epoch`;
+    with ``workers > 0`` the workers persist between epochs (starting them costs about a
+    second, a large share of a short epoch). Keys carry everything random
+    (:class:`SeededDataset`), so reusing workers changes no result.
+    """
+
+    def __init__(self, dataset: Any, workers: int = 0, pin_memory: bool = False) -> None:
+        from torch.utils.data import DataLoader
+
+        self._current = _CurrentBatches()
+        self.loader = DataLoader(dataset, batch_sampler=self._current, num_workers=workers,
+                                 pin_memory=pin_memory, persistent_workers=workers > 0)
+
+    def epoch(self, batches: Sequence[Sequence[Any]]) -> Any:
+        """Iterate over ``batches`` (collated as the DataLoader does)."""
+        self._current.batches = list(batches)
+        return iter(self.loader)

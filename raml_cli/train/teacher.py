@@ -203,6 +203,7 @@ class TeacherTask(TrainingTask):
         self.plan_epoch = -1
         self.plan = torch.zeros((0, 0), dtype=torch.int64)  # [micro-batches, batch_size]
         self.plan_negatives = torch.zeros((0, 0), dtype=torch.int64)  # [anchors, negatives]
+        self.loader: Any = None  # made on first use: its workers live as long as the task
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -368,8 +369,9 @@ class TeacherTask(TrainingTask):
         mine = ClassBalancedSampler.shard(keys, ctx.rank, ctx.world_size)[start:]
         if not mine:
             return iter(())
-        loader = ctx.data_loader(self.train_images, mine)
-        return ((images, labels, bs) for images, labels, _ in loader)
+        if self.loader is None:
+            self.loader = ctx.epoch_loader(self.train_images)
+        return ((images, labels, bs) for images, labels, _ in self.loader.epoch(mine))
 
     def compute_loss(self, model: nn.Module, batch: Any, ctx: LoopContext) -> LossOutput:
         from raml_cli.train.mining import hardest_positive
