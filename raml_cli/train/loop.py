@@ -223,7 +223,8 @@ class TrainingTask(ABC):
     Call order: ``describe`` and ``build`` once; ``param_groups`` once; a checkpoint's
     ``load_state_dict`` when resuming; then per epoch ``begin_epoch`` (skipped when
     resuming into the middle of an epoch), ``batches`` with ``compute_loss`` per
-    micro-batch, ``validate`` when due; finally ``save`` once. Every method but
+    micro-batch, ``validate`` when due; finally ``save`` once and ``close`` (also after an
+    error). Every method but
     ``validate`` and ``save`` runs on every rank; those two run on rank 0 only and must
     not use collectives.
     """
@@ -299,6 +300,10 @@ class TrainingTask(ABC):
     def save(self, module: nn.Module, path: Path, ctx: LoopContext,
              result: TrainingResult) -> None:
         """Write the final model file to ``path`` (atomically; rank 0 only)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release what the task holds (e.g. DataLoader workers); called once at the end,
+        also after an error."""
 
 
 @dataclass
@@ -382,6 +387,7 @@ class _Runner:
             with torch_threads(self.config.threads):
                 return self._run(setup, started)
         finally:
+            self.task.close()
             if flush:
                 torch.set_flush_denormal(flushing_before)
             shutdown_distributed()

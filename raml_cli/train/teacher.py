@@ -406,6 +406,9 @@ class TeacherTask(TrainingTask):
         self.plan = state["plan"].clone()
         self.plan_negatives = state["plan_negatives"].clone()
 
+    def close(self) -> None:
+        self.loader = None  # its persistent workers exit with it
+
     def save(self, module: nn.Module, path: Path, ctx: LoopContext,
              result: TrainingResult) -> None:
         from raml_cli.model.files import save_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ def test_resume_after_kill_gives_the_same_model(toy: Path, tmp_path: Path,
     # Resumed with DataLoader workers: the images and their augmentations are the same.
     result = train_teacher_result(_config(toy, out, checkpoint_every=1, resume=True, workers=2))
     assert result.resumed_from == (1, 2)
+    assert not multiprocessing.active_children()  # the persistent workers were released
     a, b = load_file(str(reference)), load_file(str(out))
     assert a.keys() == b.keys()
     for key in a:
