@@ -50,7 +50,6 @@ def _check_table(rows: list[dict], query_res: int, database_res: int) -> None:
     assert by_name["raml_asym"]["query_gmacs"] == by_name["teacher_low_sym"]["query_gmacs"]
 
 
-@pytest.mark.slow
 def test_tiny_demo_table_files_and_reuse(tmp_path: Path) -> None:
     data = tmp_path / "toy"
     generate_toy(data, seed=0, **TINY_TOY)
@@ -74,7 +73,6 @@ def test_tiny_demo_table_files_and_reuse(tmp_path: Path) -> None:
     assert "teacher" in other.reused and "student" not in other.reused
 
 
-@pytest.mark.slow
 def test_demo_command_json_through_the_catalogue(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The real `raml download toy` path, with a smaller toy and tiny trainings."""

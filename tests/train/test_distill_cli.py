@@ -28,7 +28,6 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       dataset=str(data), config={})
 
 
-@pytest.mark.slow
 def test_tiny_run_prints_json_and_writes_the_student(teacher_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "student.safetensors"
     result = CliRunner().invoke(app, [
