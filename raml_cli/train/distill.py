@@ -264,6 +264,7 @@ class DistillTask(TrainingTask):
         self.dataset_spec = config.dataset or self.info.dataset
         teacher_root = self.info.config.get("root") if isinstance(self.info.config, dict) else None
         self.root = Path(config.root if config.root is not None else (teacher_root or "data"))
+        self.loader: Any = None  # made on first use: its workers live as long as the task
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -413,7 +414,9 @@ class DistillTask(TrainingTask):
         mine = ClassBalancedSampler.shard(keys, ctx.rank, ctx.world_size)[start:]
         if not mine:
             return iter(())
-        loader = ctx.data_loader(self.train_images, mine)
+        if self.loader is None:  # one loader for the run: its workers start once
+            self.loader = ctx.epoch_loader(self.train_images)
+        loader = self.loader.epoch(mine)
         if self.config.mode == "aug":
             return ((low, high, plan) for low, high, plan, _ in loader)
         return ((images[:, None], self.teacher_vectors[indices][:, None], None)
@@ -479,6 +482,9 @@ class DistillTask(TrainingTask):
                        "world_size": ctx.world_size})
         save_model(path, module, resolution=self.config.query_res, role="student",
                    dataset=self.dataset_name, config=config, teacher_sha256=self.teacher_sha256)
+
+    def close(self) -> None:
+        self.loader = None  # its persistent workers exit with it
 
 
 class _Keyed:

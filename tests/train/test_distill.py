@@ -159,6 +159,18 @@ def test_resume_gives_the_uninterrupted_model(teacher_file: Path, tmp_path: Path
         assert torch.equal(x, y), name
 
 
+def test_worker_processes_change_nothing(teacher_file: Path, tmp_path: Path) -> None:
+    """Augmentations are seeded per item, so decoding in a worker gives the same model."""
+    inline = _config(teacher_file, tmp_path / "a.safetensors", workers=0)
+    worker = _config(teacher_file, tmp_path / "b.safetensors", workers=1)
+    distill_result(inline)
+    distill_result(worker)
+    a, _ = load_model(inline.output)
+    b, _ = load_model(worker.output)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
 def test_presets_and_option_checks(teacher_file: Path, tmp_path: Path) -> None:
     config = DistillConfig.from_options(teacher_file, 112, preset="paper", dataset="cars196",
                                         lr=5e-5)
