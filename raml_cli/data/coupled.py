@@ -53,7 +53,8 @@ class CoupledDraw:
     """One random draw of a coupled augmentation, valid for one source image.
 
     Attributes:
-        box: crop ``(top, left, height, width)`` in pixels of the source image.
+        box: crop ``(top, left, height, width)`` in pixels of the source image; both
+            renderings cut it from that same image, so it is the same relative box.
         flip: mirror horizontally.
         jitter_order: the order in which brightness (0), contrast (1), saturation (2)
             and hue (3) are applied.
@@ -106,15 +107,15 @@ class CoupledAugmentation:
 
     def draw(self, image: Image.Image) -> CoupledDraw:
         """One random draw for ``image`` (torch's global RNG)."""
-        box = T.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        box = tuple(int(v) for v in T.RandomResizedCrop.get_params(image, list(self.scale),
+                                                                     list(self.ratio)))
         flip = self.flip and bool(torch.rand(1).item() < 0.5)
         if self._jitter is None:
-            return CoupledDraw(tuple(box), flip, (), None, None, None, None)
+            return CoupledDraw(box, flip, (), None, None, None, None)
         j = self._jitter
         order, b, c, s, h = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation,
                                                      j.hue)
-        return CoupledDraw(tuple(int(v) for v in box), flip, tuple(int(v) for v in order),
-                           b, c, s, h)
+        return CoupledDraw(box, flip, tuple(int(v) for v in order), b, c, s, h)
 
     def render(self, image: Image.Image, draw: CoupledDraw, res: int) -> torch.Tensor:
         """The view of ``draw`` at ``res``: normalised float32 ``[3, res, res]``."""
