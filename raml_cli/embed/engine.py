@@ -289,8 +289,8 @@ def embed_dataset(
             for ``--resume``).
         InputError, FormatError: bad options, model file or unfinished file.
     """
+    from raml_cli.distributed import init_distributed, shutdown_distributed
     from raml_cli.model.files import load_model
-    from raml_cli.train.distributed import init_distributed, shutdown_distributed
 
     reporter = reporter or NULL_REPORTER
     if batch_size < 1:
@@ -314,7 +314,7 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
            samples: list[Sample], root: Path, setup: Any, *, dataset: str, split: str,
            res: int | None, batch_size: int, workers: int | None, resume: bool,
            skip_bad: bool, chunk_rows: int, reporter: Reporter) -> EmbedResult:
-    from raml_cli.train.distributed import barrier, broadcast_object
+    from raml_cli.distributed import barrier, broadcast_object
 
     device, rank, world = setup.device, setup.rank, setup.world_size
     network, info = load_model(model, device)

@@ -351,8 +351,8 @@ class DistillTask(TrainingTask):
 
     def _cached_teacher_vectors(self, ctx: LoopContext) -> np.ndarray:
         """The teacher's vectors of the training images at ``R``, from (or into) the cache."""
+        from raml_cli.distributed import barrier
         from raml_cli.store import read_attributes, read_embeddings, write_embeddings
-        from raml_cli.train.distributed import barrier
 
         cache = teacher_cache_path(self.config.output)
         paths = [s.path for s in self.samples]

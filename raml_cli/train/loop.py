@@ -61,6 +61,13 @@ from torch import nn
 
 from raml_cli.atomic import ensure_writable_parent
 from raml_cli.devices import autocast, is_cuda, to_device, torch_threads
+from raml_cli.distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
 from raml_cli.errors import InputError, TrainingError
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.seeding import rng_state, seed_everything, set_rng_state
@@ -71,13 +78,6 @@ from raml_cli.train.checkpoint import (
     pack_rng_state,
     save_checkpoint,
     unpack_rng_state,
-)
-from raml_cli.train.distributed import (
-    all_reduce_mean,
-    barrier,
-    broadcast_object,
-    init_distributed,
-    shutdown_distributed,
 )
 
 

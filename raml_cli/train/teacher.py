@@ -315,7 +315,7 @@ class TeacherTask(TrainingTask):
     def _embed_sharded(self, module: nn.Module, indices: np.ndarray,
                        ctx: LoopContext) -> torch.Tensor:
         """Embed ``samples[indices]`` (eval transform) split across the processes."""
-        from raml_cli.train.distributed import all_gather_rows
+        from raml_cli.distributed import all_gather_rows
 
         share = [indices[r::ctx.world_size] for r in range(ctx.world_size)]
         if len(share[ctx.rank]):
