@@ -82,7 +82,8 @@ def command(
     pool_size: Annotated[int | None, typer.Option("--pool-size", min=1, help=_help(
         "Images embedded each epoch to draw negatives from.", 20000))] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help=_help(
-        "DataLoader worker processes that decode images.", 4))] = None,
+        "DataLoader worker processes that decode images (on a CPU-only machine 0 or 1 is "
+        "fastest: they share the cores with the network).", 4))] = None,
     seed: Annotated[int | None, typer.Option("--seed", help=_help(
         "Random seed; the same seed gives the same model on the same device.", 0))] = None,
     device: DeviceOpt = "auto",
