@@ -162,9 +162,12 @@ class _ChannelsFirst(nn.Module):
 
 
 def _num_features(module: nn.Module) -> int:
-    value = getattr(module, "num_features", None)
-    if isinstance(value, int) and value > 0:
-        return value
+    # timm's head_hidden_size is the channel count after pre-logits layers that still run
+    # with num_classes=0 (VGG's 4096-channel ConvMlp); elsewhere it equals num_features.
+    for name in ("head_hidden_size", "num_features"):
+        value = getattr(module, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
     last = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not last:
         raise InputError("Cannot tell the feature size of this backbone; use a CNN.")

@@ -28,6 +28,19 @@ def test_without_whitening_the_size_is_the_backbone_width():
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 512)
 
 
+@pytest.mark.parametrize("arch", ["vgg11", "mobilenetv3_small_050"])
+def test_backbones_with_pre_logits_layers_feed_the_whitening(arch):
+    # Their feature map after the layers that still run with num_classes=0 is wider
+    # than timm's num_features (VGG: 4096 vs 512).
+    net = build_network(NetworkConfig(arch, whitening=0)).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, net.embedding_dim)
+    whitened = build_network(NetworkConfig(arch, whitening=16)).eval()
+    with torch.no_grad():
+        assert whitened(torch.randn(1, 3, 64, 64)).shape == (1, 16)
+
+
 def test_mean_std_default_from_backbone_config():
     assert build_network(NetworkConfig("resnet10t", whitening=0)).config.mean == (
         0.485, 0.456, 0.406)
