@@ -167,7 +167,7 @@ def backends(query: np.ndarray, database: np.ndarray, block: int, blocks: int) -
 def measure(args: argparse.Namespace, query: np.ndarray, database: np.ndarray,
             q_file: Path, db_file: Path) -> tuple[dict[str, list[float]], object, object]:
     """Every timing, ``args.repeat`` rounds; each round runs the engine between two runs of
-    its own bare product, then the other bare products, then the command."""
+    its own bare product, then the command, then the other bare products."""
     block, chunk, library = args.block_size, args.chunk_size, DEFAULT_PRODUCT
     configs = {f"{library}, engine blocks ({block} x {chunk})": (library, block, chunk)}
     for other in SCORE_PRODUCTS:
@@ -183,12 +183,12 @@ def measure(args: argparse.Namespace, query: np.ndarray, database: np.ndarray,
                                block_size=block, chunk_size=chunk)
         times["engine"].append(time.perf_counter() - start)
         times[own].append(bare_product(query, database, block, chunk, library))
-        for name, (lib, b, c) in list(configs.items())[1:]:
-            times[name].append(bare_product(query, database, b, c, lib))
         if not args.no_cli:
             cli = run_cli(q_file, db_file)
             times["cli"].append(cli[0])
             assert cli[2]["metrics"] == result.to_json()["metrics"]
+        for name, (lib, b, c) in list(configs.items())[1:]:
+            times[name].append(bare_product(query, database, b, c, lib))
     return times, result, cli
 
 
