@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -104,7 +103,7 @@ def command(
     dataset, architecture and database resolution come from the teacher's file. The
     student file records role=student, its resolution and the teacher's sha256.
     """
-    from raml_cli.cli.render import percent, print_json, print_table
+    from raml_cli.cli.render import print_training_result
     from raml_cli.progress import Reporter
     from raml_cli.train.distill import DistillConfig, distill_result
 
@@ -117,23 +116,8 @@ def command(
         val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
     )
     result = distill_result(config, Reporter(quiet=quiet))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under torchrun, rank 0 alone reports
-    if json_out:
-        print_json(result.to_dict())
-        return
-    rows = [["model", str(result.output)], ["log", str(result.log)],
-            ["epochs / steps", f"{result.epochs} / {result.steps}"],
-            ["final loss (sum over a micro-batch)", f"{result.final_loss:.4f}"],
-            ["images/s (last epoch)", f"{result.images_per_second:.1f}"]]
-    if result.validations:
-        last = result.validations[-1]
-        rows += [[f"val asymmetric {k} (epoch {last['epoch']})", percent(v)]
-                 for k, v in last["metrics"].items()]
-        if result.best is not None and result.best["epoch"] != last["epoch"]:
-            rows += [[f"best val recall@1 (epoch {result.best['epoch']})",
-                      percent(result.best["metrics"].get("recall@1"))]]
-    print_table("student distilled", ["", "value"], rows)
+    print_training_result(result, "student distilled", "final loss (sum over a micro-batch)",
+                          "val asymmetric", json_out)
 
 
 command.__doc__ = (command.__doc__ or "") + EXAMPLES

@@ -50,3 +50,38 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*[str(cell) for cell in row])
     stdout_console().print(table)
+
+
+def print_training_result(result: Any, title: str, loss_label: str, val_label: str,
+                          json_out: bool) -> None:
+    """Report a finished training run (teacher or student); only rank 0 prints under torchrun.
+
+    Args:
+        result: the loop's ``TrainingResult`` (``to_dict()``, ``output``, ``log``, ``epochs``,
+            ``steps``, ``final_loss``, ``images_per_second``, ``validations``, ``best``).
+        title: the table's title.
+        loss_label: what the final loss is (e.g. ``final loss``).
+        val_label: the prefix of validation rows (e.g. ``val`` or ``val asymmetric``).
+        json_out: print ``result.to_dict()`` as JSON instead of the table.
+    """
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if json_out:
+        print_json(result.to_dict())
+        return
+    rows = [["model", str(result.output)], ["log", str(result.log)],
+            ["epochs / steps", f"{result.epochs} / {result.steps}"],
+            [loss_label, f"{result.final_loss:.4f}"],
+            ["images/s (last epoch)", f"{result.images_per_second:.1f}"]]
+    if result.validations:
+        last = result.validations[-1]
+        rows += [[f"{val_label} {k} (epoch {last['epoch']})", percent(v)]
+                 for k, v in last["metrics"].items()]
+        best = result.best
+        if best is not None and best["metrics"].get("recall@1", 0.0) > \
+                last["metrics"].get("recall@1", 0.0):
+            rows += [[f"best {val_label} recall@1 (epoch {best['epoch']}; not saved)",
+                      percent(best["metrics"].get("recall@1"))]]
+    print_table(title, ["", "value"], rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -103,7 +102,7 @@ def command(
     The model file records role=teacher, the resolution, the dataset and every option.
     The same command runs on several GPUs under torchrun (one process per GPU).
     """
-    from raml_cli.cli.render import percent, print_json, print_table
+    from raml_cli.cli.render import print_training_result
     from raml_cli.progress import Reporter
     from raml_cli.train.teacher import TeacherConfig, train_teacher_result
 
@@ -118,25 +117,7 @@ def command(
         checkpoint_every=checkpoint_every, resume=resume,
     )
     result = train_teacher_result(config, Reporter(quiet=quiet))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under torchrun, rank 0 alone reports
-    if json_out:
-        print_json(result.to_dict())
-        return
-    rows = [["model", str(result.output)], ["log", str(result.log)],
-            ["epochs / steps", f"{result.epochs} / {result.steps}"],
-            ["final loss", f"{result.final_loss:.4f}"],
-            ["images/s (last epoch)", f"{result.images_per_second:.1f}"]]
-    if result.validations:
-        last = result.validations[-1]
-        rows += [[f"val {k} (epoch {last['epoch']})", percent(v)]
-                 for k, v in last["metrics"].items()]
-        best = result.best
-        if best is not None and best["metrics"].get("recall@1", 0.0) > \
-                last["metrics"].get("recall@1", 0.0):
-            rows += [[f"best val recall@1 (epoch {best['epoch']}; not saved)",
-                      percent(best["metrics"].get("recall@1"))]]
-    print_table("teacher trained", ["", "value"], rows)
+    print_training_result(result, "teacher trained", "final loss", "val", json_out)
 
 
 command.__doc__ = (command.__doc__ or "") + EXAMPLES
