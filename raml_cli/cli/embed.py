@@ -71,11 +71,14 @@ def command(
     """
     from raml_cli.embed import collect_images, embed_dataset
     from raml_cli.errors import InputError
+    from raml_cli.model.files import read_model_info
     from raml_cli.progress import Reporter
 
     if (dataset is None) == (images is None):
         raise InputError("Give exactly one input: --dataset NAME|PATH (with --split) or "
                          "--images DIR|LIST.txt.")
+    # Check the model file (its header only) before scanning a possibly large image tree.
+    read_model_info(model)
     reporter = Reporter(quiet=quiet)
     if dataset is not None:
         from raml_cli.data.catalog import load_dataset

@@ -59,6 +59,20 @@ def test_user_errors_are_one_message_and_exit_2(model_file, image_dir, tmp_path)
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_a_bad_model_file_fails_before_the_images_are_scanned(tmp_path, monkeypatch):
+    import raml_cli.embed as embed_package
+
+    def must_not_scan(*args, **kwargs):
+        raise AssertionError("images were listed before the model file was checked")
+
+    monkeypatch.setattr(embed_package, "collect_images", must_not_scan)
+    not_a_model = tmp_path / "model.safetensors"
+    not_a_model.write_text("this is not a model")
+    result = runner.invoke(app, ["embed", str(not_a_model), "--images", str(tmp_path), "-o",
+                                 str(tmp_path / "x.h5")])
+    assert result.exit_code == 2 and "safetensors" in result.stderr
+
+
 def test_help_shows_an_example():
     result = runner.invoke(app, ["embed", "--help"])
     assert result.exit_code == 0 and "raml embed teacher.safetensors" in result.stdout
