@@ -3,35 +3,34 @@
 The problem (default): 60,502 queries = 60,502 database items (the SOP test split's size),
 512-d unit vectors, 11,316 classes of 2-12 images. Each class has a random centre; an
 image is its centre plus isotropic noise whose strength varies per image, normalised.
-The noise level gives SOP-like numbers for a good model (recall@1 ~ 0.83, trapezoid mAP
-~ 0.58; the paper's SOP: 81 / 60): the work of the exact evaluation grows with how deep
+The noise level gives SOP-like numbers for a good model (recall@1 ~ 0.81, trapezoid mAP
+~ 0.55; the paper's SOP: 81 / 60): the work of the exact evaluation grows with how deep
 the positives sit in the rankings, so an easier or harder problem would flatter or
-punish it. The
-query file is a perturbed copy of the database file with the same paths (a student
-against its teacher), so each query is excluded from its own ranking.
+punish it. The query file is a perturbed copy of the database file with the same paths
+(a student against its teacher), so each query is excluded from its own ranking.
 
-Printed side by side, in one run, on the same machine:
+Other people share this machine and its load swings within seconds, so the two sides
+are measured **interleaved, block by block**: for each block of queries (the engine's
+block, 1,024), in rotating order,
 
-- **bare product**: ``Q @ DB.T`` in float32, nothing done with the scores, with NumPy
-  (OpenBLAS; what the engine uses) and with torch (MKL), each in the engine's blocks
-  (``--block-size`` queries x ``--chunk-size`` database rows, output buffer reused) and
-  in blocks of 1,024 queries x all rows (the whole 60,502 x 60,502 matrix would need
-  14.6 GB, so "one go" is not possible); the fastest of these is the reference;
-- **engine**: ``evaluate_sets(read_embeddings(q), read_embeddings(db))`` with
-  ``ks=(1, 10, 100, 1000)``, file reading included;
-- **raml evaluate**: the command in its own process (``raml evaluate q.h5 db.h5
-  --k 1,10,100,1000 --json --quiet``): wall time (interpreter start and imports included)
-  and peak resident memory of that process (``VmHWM`` from ``/proc/self/status`` at exit:
-  everything the process held, BLAS buffers included; tracemalloc would see only
-  Python's and NumPy's allocations);
-- **exact-search backends** (``--backends``): the time of the score product for a few
-  query blocks with torch (MKL), NumPy (OpenBLAS) and faiss-cpu (``IndexFlatIP.search``
-  with k=1, its cheapest exact search).
+- **engine**: the engine's work on that block (``positive_ranks`` yields it: thresholds,
+  score products, candidates, ranks; then the metrics of the block);
+- **bare product**: ``Q_block @ DB.T`` in float32, nothing done with the scores, with
+  NumPy (OpenBLAS, what the engine uses) in the engine's chunks of ~4,096 database rows
+  and in one product against all rows (output buffers reused; the whole 60,502 x 60,502
+  matrix would need 14.6 GB, so "one go" is not possible).
 
-The engine's own bare product (same library, same blocks) is timed right before and
-after the engine; with ``--repeat N`` every timing is taken N times and the minimum
-reported (the least disturbed run: other people share this machine). Load averages are
-printed.
+Each side's time is the sum over blocks; the engine's total adds reading and checking
+both files and averaging the metrics. The ratio is taken to the fastest bare product.
+Then the command runs in its own process (``raml evaluate q.h5 db.h5 --k 1,10,100,1000
+--json --quiet``), between two bare products (NumPy, engine chunks) whose mean is its
+reference: wall time (interpreter start and imports included) and peak resident memory
+(``VmHWM`` of ``/proc/self/status`` at exit: everything the process held, BLAS buffers
+included; tracemalloc would see only Python's and NumPy's allocations). Last, the bare
+product with torch (MKL) in the engine's blocks, run alone (torch's idle OpenMP threads
+spin after each product and would slow NumPy runs interleaved with it). ``--backends``
+adds the time of one 1,024-query product with torch, NumPy and faiss-cpu
+(``IndexFlatIP.search``, k=1, its cheapest exact search). Load averages are printed.
 
 Usage:
 
@@ -54,13 +53,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raml_cli.evaluate import evaluate_sets
+from raml_cli.evaluate import check_ks, evaluate_sets
+from raml_cli.evaluate.metrics import metric_keys, per_query_metrics
 from raml_cli.evaluate.neighbours import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PRODUCT,
     SCORE_PRODUCTS,
     balanced_part_size,
+    positive_ranks,
 )
 from raml_cli.store import read_embeddings, write_embeddings
 
@@ -96,20 +97,67 @@ def synthetic(images: int, classes: int, dim: int, seed: int
     return query, database, labels
 
 
-def bare_product(query: np.ndarray, database: np.ndarray, block: int, chunk: int,
-                 library: str) -> float:
-    """Seconds for every block of ``query @ database.T`` (nothing else done with it).
+def bare_block(product, queries: np.ndarray, database: np.ndarray, chunk: int) -> float:
+    """Seconds for ``queries @ database.T`` in chunks of ``chunk`` rows (scores unused)."""
+    queries = np.ascontiguousarray(queries)
+    start = time.perf_counter()
+    for col in range(0, database.shape[0], chunk):
+        product(queries, database[col:col + chunk])
+    return time.perf_counter() - start
 
-    Blocks are balanced as in the engine (no small last block)."""
-    product = SCORE_PRODUCTS[library]()  # output buffers reused, as in the engine
+
+def bare_product(query: np.ndarray, database: np.ndarray, block: int, chunk: int,
+                 library: str = DEFAULT_PRODUCT) -> float:
+    """Seconds for the whole ``query @ database.T`` in the engine's blocks."""
+    product = SCORE_PRODUCTS[library]()
     block = balanced_part_size(query.shape[0], block)
     chunk = balanced_part_size(database.shape[0], chunk)
+    return sum(bare_block(product, query[first:first + block], database, chunk)
+               for first in range(0, query.shape[0], block))
+
+
+def interleaved(args: argparse.Namespace, q_file: Path, db_file: Path
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """(seconds per side, metrics): engine and bare products, alternating block by block."""
     start = time.perf_counter()
-    for first in range(0, query.shape[0], block):
-        queries = np.ascontiguousarray(query[first:first + block])
-        for col in range(0, database.shape[0], chunk):
-            product(queries, database[col:col + chunk])
-    return time.perf_counter() - start
+    query_set, database_set = read_embeddings(q_file), read_embeddings(db_file)
+    reading = time.perf_counter() - start
+    query, database = query_set.embeddings, database_set.embeddings
+    ks = check_ks(KS)
+    rows = len(query)
+    block = balanced_part_size(rows, args.block_size)
+    chunk = balanced_part_size(len(database), args.chunk_size)
+    # torch is kept out of the interleaving: its idle OpenMP threads spin for a while
+    # after each product and would slow the NumPy (OpenBLAS) runs next to them.
+    products = {"numpy": SCORE_PRODUCTS["numpy"]()}
+    arms = {
+        "engine": None,
+        f"numpy, engine chunks ({chunk} rows)": ("numpy", chunk),
+        "numpy, all rows at once": ("numpy", len(database)),
+    }
+    seconds = dict.fromkeys(arms, 0.0)
+    per_query = {key: np.zeros(rows) for key in metric_keys(ks)}
+    blocks = positive_ranks(query, query_set.labels, database, database_set.labels,
+                            np.arange(rows), block_size=args.block_size,
+                            chunk_size=args.chunk_size)
+    for number, first in enumerate(range(0, rows, block)):
+        names = list(arms)
+        names = names[number % len(names):] + names[:number % len(names)]
+        for name in names:
+            if arms[name] is None:
+                start = time.perf_counter()
+                ranks = next(blocks)
+                for key, values in per_query_metrics(ranks, ks).items():
+                    per_query[key][ranks.query_index] = values
+                seconds[name] += time.perf_counter() - start
+            else:
+                library, width = arms[name]
+                seconds[name] += bare_block(products[library], query[first:first + block],
+                                            database, width)
+    start = time.perf_counter()
+    metrics = {key: float(np.mean(values)) for key, values in per_query.items()}
+    seconds["engine"] += reading + time.perf_counter() - start
+    return seconds, metrics
 
 
 # Runs `raml evaluate` and, at exit, writes the process's peak resident memory (VmHWM of
@@ -164,34 +212,6 @@ def backends(query: np.ndarray, database: np.ndarray, block: int, blocks: int) -
     return times
 
 
-def measure(args: argparse.Namespace, query: np.ndarray, database: np.ndarray,
-            q_file: Path, db_file: Path) -> tuple[dict[str, list[float]], object, object]:
-    """Every timing, ``args.repeat`` rounds; each round runs the engine between two runs of
-    its own bare product, then the command, then the other bare products."""
-    block, chunk, library = args.block_size, args.chunk_size, DEFAULT_PRODUCT
-    configs = {f"{library}, engine blocks ({block} x {chunk})": (library, block, chunk)}
-    for other in SCORE_PRODUCTS:
-        configs.setdefault(f"{other}, engine blocks ({block} x {chunk})", (other, block, chunk))
-        configs[f"{other}, {1024} queries x all rows"] = (other, 1024, len(database))
-    times: dict[str, list[float]] = {name: [] for name in [*configs, "engine", "cli"]}
-    own = next(iter(configs))
-    result = cli = None
-    for _ in range(args.repeat):
-        times[own].append(bare_product(query, database, block, chunk, library))
-        start = time.perf_counter()
-        result = evaluate_sets(read_embeddings(q_file), read_embeddings(db_file), ks=KS,
-                               block_size=block, chunk_size=chunk)
-        times["engine"].append(time.perf_counter() - start)
-        times[own].append(bare_product(query, database, block, chunk, library))
-        if not args.no_cli:
-            cli = run_cli(q_file, db_file)
-            times["cli"].append(cli[0])
-            assert cli[2]["metrics"] == result.to_json()["metrics"]
-        for name, (lib, b, c) in list(configs.items())[1:]:
-            times[name].append(bare_product(query, database, b, c, lib))
-    return times, result, cli
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true",
@@ -202,10 +222,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="rounds of every timing; the minimum is reported (default: 1, "
-                        "3 with --small)")
-    parser.add_argument("--no-cli", action="store_true", help="skip the subprocess run")
+    parser.add_argument("--no-cli", action="store_true", help="skip the command's own run")
     parser.add_argument("--backends", action="store_true",
                         help="also time torch / numpy / faiss score products")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -214,8 +231,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.small:
         args.images, args.classes = 6050, 1132
-    if args.repeat is None:
-        args.repeat = 3 if args.small else 1
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -225,52 +240,69 @@ def main() -> None:
         q_file = write_embeddings(folder / "q.h5", query, labels, names, {"role": "student"})
         db_file = write_embeddings(folder / "db.h5", database, labels, names,
                                    {"role": "teacher"})
-        times, result, cli = measure(args, query, database, q_file, db_file)
+        seconds, metrics = interleaved(args, q_file, db_file)
+        check = evaluate_sets(read_embeddings(q_file), read_embeddings(db_file), ks=KS)
+        assert rounded(check.metrics) == rounded(metrics), (check.metrics, metrics)
+        cli = cli_bare = None
+        if not args.no_cli:
+            before = bare_product(query, database, args.block_size, args.chunk_size)
+            cli = run_cli(q_file, db_file)
+            after = bare_product(query, database, args.block_size, args.chunk_size)
+            cli_bare = (before + after) / 2
+            assert cli[2]["metrics"] == check.to_json()["metrics"]
+        torch_bare = bare_product(query, database, args.block_size, args.chunk_size, "torch")
         timing = backends(query, database, args.block_size, 4) if args.backends else None
     load_after = os.getloadavg()
 
-    best = {name: min(values) for name, values in times.items() if values}
-    bare = {name: best[name] for name in best if name not in ("engine", "cli")}
+    bare = {name: value for name, value in seconds.items() if name != "engine"}
     fastest = min(bare.values())
     report = {
         "problem": {"queries": args.images, "database": args.images, "dim": args.dim,
                     "classes": args.classes, "ks": list(KS), "block_size": args.block_size,
-                    "chunk_size": args.chunk_size, "engine_product": DEFAULT_PRODUCT,
-                    "repeat": args.repeat},
+                    "chunk_size": args.chunk_size, "engine_product": DEFAULT_PRODUCT},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_before": [round(x, 2) for x in load_before],
                     "load_after": [round(x, 2) for x in load_after]},
-        "metrics": {k: round(v, 4) for k, v in result.metrics.items()},
-        "seconds_min": {k: round(v, 2) for k, v in best.items()},
-        "seconds_all_runs": {k: [round(x, 2) for x in v] for k, v in times.items() if v},
-        "ratio_engine_to_fastest_bare": round(best["engine"] / fastest, 3),
+        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "interleaved_seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "ratio_engine_to_fastest_bare": round(seconds["engine"] / fastest, 3),
+        "torch_bare_engine_blocks_seconds": round(torch_bare, 2),
     }
     if cli is not None:
-        report["ratio_cli_to_fastest_bare"] = round(best["cli"] / fastest, 3)
-        report["cli_peak_rss_mib"] = round(cli[1], 1)
+        report["cli"] = {"seconds": round(cli[0], 2), "bare_around_it": round(cli_bare, 2),
+                         "ratio": round(cli[0] / cli_bare, 3),
+                         "peak_resident_mib": round(cli[1], 1)}
     if timing is not None:
-        report["seconds_per_block_of_queries"] = {k: round(v, 4) for k, v in timing.items()}
+        report["seconds_per_1024_queries_x_all_rows"] = {k: round(v, 4)
+                                                         for k, v in timing.items()}
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"problem: {args.images} queries x {args.images} database, {args.dim}-d, "
           f"{args.classes} classes, k={','.join(map(str, KS))}; engine blocks "
           f"{args.block_size} queries x {args.chunk_size} rows ({DEFAULT_PRODUCT}); "
-          f"{os.cpu_count()} CPUs; minimum of {args.repeat} round(s)")
+          f"{os.cpu_count()} CPUs")
     print(f"load average (1 min) before {load_before[0]:.2f} / after {load_after[0]:.2f}")
-    print("metrics: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in result.metrics.items()))
-    for name, seconds in bare.items():
-        runs = ", ".join(f"{x:.2f}" for x in times[name])
-        print(f"bare float32 product, {name:38s}: {seconds:8.2f} s  (runs: {runs})")
-    print(f"engine: read both files + evaluate_sets       : {best['engine']:8.2f} s  ratio "
-          f"{best['engine'] / fastest:.3f} to the fastest bare product")
+    print("metrics: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
+    print("interleaved block by block:")
+    for name, value in bare.items():
+        print(f"  bare float32 product, {name:34s}: {value:8.2f} s")
+    print(f"  engine (files read + checked, evaluated)         : {seconds['engine']:8.2f} s  "
+          f"ratio {seconds['engine'] / fastest:.3f} to the fastest bare product")
     if cli is not None:
-        print(f"raml evaluate ... --json (own process, wall)  : {best['cli']:8.2f} s  ratio "
-              f"{best['cli'] / fastest:.3f}, peak resident memory {cli[1]:.0f} MiB")
+        print(f"raml evaluate ... --json in its own process: {cli[0]:.2f} s wall; bare product "
+              f"(NumPy, engine blocks) just before/after: {cli_bare:.2f} s; ratio "
+              f"{cli[0] / cli_bare:.3f}; peak resident memory {cli[1]:.0f} MiB")
+    print(f"bare float32 product with torch (MKL), engine blocks, run alone: {torch_bare:.2f} s")
     if timing is not None:
-        for name, seconds in timing.items():
+        for name, value in timing.items():
             print(f"score product, {args.block_size} queries x all rows, {name:30s}: "
-                  f"{1000 * seconds:8.1f} ms")
+                  f"{1000 * value:8.1f} ms")
+
+
+def rounded(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` rounded to 12 decimals, to compare two summation orders."""
+    return {k: round(v, 12) for k, v in metrics.items()}
 
 
 if __name__ == "__main__":
