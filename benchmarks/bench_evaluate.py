@@ -23,10 +23,11 @@ block, 1,024), in rotating order,
 Each side's time is the sum over blocks; the engine's total adds reading and checking
 both files and averaging the metrics. The ratio is taken to the fastest bare product.
 Then the command runs in its own process (``raml evaluate q.h5 db.h5 --k 1,10,100,1000
---json --quiet``), between two bare products (NumPy, engine chunks) whose mean is its
-reference: wall time (interpreter start and imports included) and peak resident memory
-(``VmHWM`` of ``/proc/self/status`` at exit: everything the process held, BLAS buffers
-included; tracemalloc would see only Python's and NumPy's allocations). Last, the bare
+--json --quiet``; ``--cli-runs`` times, default 2), each run between two bare products
+(NumPy, engine chunks) whose mean is its reference: wall time (interpreter start and
+imports included) and peak resident memory (``VmHWM`` of ``/proc/self/status`` at exit:
+everything the process held, BLAS buffers included; tracemalloc would see only Python's
+and NumPy's allocations). Last, the bare
 product with torch (MKL) in the engine's blocks, run alone (torch's idle OpenMP threads
 spin after each product and would slow NumPy runs interleaved with it). ``--backends``
 adds the time of one 1,024-query product with torch, NumPy and faiss-cpu
@@ -222,7 +223,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
-    parser.add_argument("--no-cli", action="store_true", help="skip the command's own run")
+    parser.add_argument("--no-cli", action="store_true", help="skip the command's own runs")
+    parser.add_argument("--cli-runs", type=int, default=2,
+                        help="runs of the command, each between two bare products")
     parser.add_argument("--backends", action="store_true",
                         help="also time torch / numpy / faiss score products")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -243,13 +246,15 @@ def main() -> None:
         seconds, metrics = interleaved(args, q_file, db_file)
         check = evaluate_sets(read_embeddings(q_file), read_embeddings(db_file), ks=KS)
         assert rounded(check.metrics) == rounded(metrics), (check.metrics, metrics)
-        cli = cli_bare = None
+        cli_runs: list[tuple[float, float, float]] = []  # (command s, bare s, peak MiB)
         if not args.no_cli:
-            before = bare_product(query, database, args.block_size, args.chunk_size)
-            cli = run_cli(q_file, db_file)
-            after = bare_product(query, database, args.block_size, args.chunk_size)
-            cli_bare = (before + after) / 2
-            assert cli[2]["metrics"] == check.to_json()["metrics"]
+            bare_runs = [bare_product(query, database, args.block_size, args.chunk_size)]
+            for _ in range(args.cli_runs):
+                seconds_cli, peak, output = run_cli(q_file, db_file)
+                assert output["metrics"] == check.to_json()["metrics"]
+                bare_runs.append(bare_product(query, database, args.block_size,
+                                              args.chunk_size))
+                cli_runs.append((seconds_cli, (bare_runs[-2] + bare_runs[-1]) / 2, peak))
         torch_bare = bare_product(query, database, args.block_size, args.chunk_size, "torch")
         timing = backends(query, database, args.block_size, 4) if args.backends else None
     load_after = os.getloadavg()
@@ -268,10 +273,10 @@ def main() -> None:
         "ratio_engine_to_fastest_bare": round(seconds["engine"] / fastest, 3),
         "torch_bare_engine_blocks_seconds": round(torch_bare, 2),
     }
-    if cli is not None:
-        report["cli"] = {"seconds": round(cli[0], 2), "bare_around_it": round(cli_bare, 2),
-                         "ratio": round(cli[0] / cli_bare, 3),
-                         "peak_resident_mib": round(cli[1], 1)}
+    if cli_runs:
+        report["cli"] = [{"seconds": round(c, 2), "bare_around_it": round(bare_s, 2),
+                          "ratio": round(c / bare_s, 3), "peak_resident_mib": round(peak, 1)}
+                         for c, bare_s, peak in cli_runs]
     if timing is not None:
         report["seconds_per_1024_queries_x_all_rows"] = {k: round(v, 4)
                                                          for k, v in timing.items()}
@@ -289,10 +294,10 @@ def main() -> None:
         print(f"  bare float32 product, {name:34s}: {value:8.2f} s")
     print(f"  engine (files read + checked, evaluated)         : {seconds['engine']:8.2f} s  "
           f"ratio {seconds['engine'] / fastest:.3f} to the fastest bare product")
-    if cli is not None:
-        print(f"raml evaluate ... --json in its own process: {cli[0]:.2f} s wall; bare product "
-              f"(NumPy, engine blocks) just before/after: {cli_bare:.2f} s; ratio "
-              f"{cli[0] / cli_bare:.3f}; peak resident memory {cli[1]:.0f} MiB")
+    for c, bare_s, peak in cli_runs:
+        print(f"raml evaluate ... --json in its own process: {c:.2f} s wall; bare product "
+              f"(NumPy, engine blocks) just before/after: {bare_s:.2f} s; ratio "
+              f"{c / bare_s:.3f}; peak resident memory {peak:.0f} MiB")
     print(f"bare float32 product with torch (MKL), engine blocks, run alone: {torch_bare:.2f} s")
     if timing is not None:
         for name, value in timing.items():
