@@ -204,7 +204,7 @@ class _Run:
     # -- 1. data ----------------------------------------------------------------------------
 
     def prepare_data(self) -> tuple[str, Path]:
-        from raml_cli.data.catalog import prepare_dataset
+        from raml_cli.data.prepare import prepare_dataset
 
         if self.config.dataset is not None:
             return self.config.dataset, self.out / "data"

@@ -45,7 +45,8 @@ def command(
     an `--archive` folder is verified in place and not copied.
     """
     from raml_cli.cli.render import print_json, print_table
-    from raml_cli.data.catalog import dataset_dir, prepare_dataset
+    from raml_cli.data.catalog import dataset_dir
+    from raml_cli.data.prepare import prepare_dataset
     from raml_cli.progress import Reporter
 
     splits = prepare_dataset(name, root, archives=archive or (), verify=not no_verify,

@@ -4,7 +4,8 @@ Every dataset is one :class:`DatasetSpec` in a registry (:data:`DATASETS`, fille
 :func:`register_dataset`): its releases (sets of files with every known URL, byte size
 and md5), the parser of its on-disk layout and the image counts it must have. A
 dataset lives in ``ROOT/NAME/``; it is usable only once verified, which the marker file
-``ROOT/NAME/raml-dataset.json`` records (written last, see :mod:`raml_cli.data.prepare`).
+``ROOT/NAME/raml-dataset.json`` records (:mod:`raml_cli.data.marker`, written last by
+:func:`raml_cli.data.prepare.prepare_dataset`).
 
 >>> dataset_names()
 ['toy', 'cub200', 'cars196', 'sop']
@@ -18,20 +19,17 @@ own data (see :mod:`raml_cli.data.custom`) in, :class:`DatasetSplits` out.
 from __future__ import annotations
 
 import difflib
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raml_cli.data.custom import load_custom
 from raml_cli.data.dataset import DatasetSplits, second_half_classes
+from raml_cli.data.marker import read_marker
 from raml_cli.data.parsers import ParsedDataset, parse_cars, parse_cub, parse_sop
 from raml_cli.errors import DataError, InputError
 from raml_cli.progress import Reporter
 
-MARKER_NAME = "raml-dataset.json"
-MARKER_FORMAT = "raml-dataset"
-MARKER_VERSION = 1
 DEFAULT_ROOT = Path("data")
 
 
@@ -230,19 +228,6 @@ def dataset_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
     return Path(root) / name
 
 
-def read_marker(name: str, root: Path = DEFAULT_ROOT) -> dict | None:
-    """The verification marker of ``ROOT/NAME`` (``None`` if absent or unreadable)."""
-    path = dataset_dir(name, root) / MARKER_NAME
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if (not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT
-            or marker.get("dataset") != name or "splits" not in marker):
-        return None
-    return marker
-
-
 def splits_from_parsed(name: str, parsed: ParsedDataset) -> DatasetSplits:
     """The protocol's splits of a parsed dataset (``val`` = second half of training classes)."""
     return DatasetSplits(name=name, root=parsed.image_root, train=parsed.train,
@@ -259,7 +244,7 @@ def load_verified(name: str, root: Path = DEFAULT_ROOT) -> DatasetSplits:
     """
     spec = get_spec(name)
     folder = dataset_dir(name, root)
-    marker = read_marker(name, root)
+    marker = read_marker(folder, name)
     command = download_command(name, root)
     if marker is None:
         raise DataError(f"The dataset {name} is not downloaded and verified in {folder}. Run "
@@ -304,14 +289,3 @@ def load_dataset(spec: str, root: Path = DEFAULT_ROOT) -> DatasetSplits:
                      f"{_did_you_mean(spec)} Give one of {', '.join(dataset_names())} (after "
                      "`raml download NAME`), or the path of an image folder (one sub-folder "
                      "per class) or of a CSV of path,label[,split].")
-
-
-def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archives: Sequence[Path] = (),
-                    verify: bool = True, seed: int = 0, reporter: Reporter | None = None,
-                    **options) -> DatasetSplits:
-    """Download (or generate, or ingest) and verify a catalogue dataset; see
-    :func:`raml_cli.data.prepare.prepare_dataset` for the arguments."""
-    from raml_cli.data.prepare import prepare_dataset as _prepare
-
-    return _prepare(name, root, archives=archives, verify=verify, seed=seed,
-                    reporter=reporter, **options)

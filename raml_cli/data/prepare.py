@@ -20,21 +20,14 @@ The steps, for ``ROOT/NAME``:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
-from raml_cli import __version__
-from raml_cli.atomic import atomic_write_text
 from raml_cli.data.catalog import (
-    MARKER_FORMAT,
-    MARKER_NAME,
-    MARKER_VERSION,
     DatasetSpec,
     Release,
     RemoteFile,
@@ -42,12 +35,12 @@ from raml_cli.data.catalog import (
     download_command,
     get_spec,
     load_verified,
-    read_marker,
     splits_from_parsed,
 )
 from raml_cli.data.dataset import DatasetSplits
 from raml_cli.data.download import download_file, file_md5
 from raml_cli.data.extract import is_archive, safe_extract
+from raml_cli.data.marker import has_marker, read_marker, write_marker
 from raml_cli.data.parsers import IMAGE_SUFFIXES, ParsedDataset, check_images_exist
 from raml_cli.errors import DataError, DownloadError, InputError, RamlError
 from raml_cli.progress import NULL_REPORTER, Reporter
@@ -145,7 +138,7 @@ def _remove_leftovers(spec: DatasetSpec, root: Path) -> None:
 
 def _already_verified(spec: DatasetSpec, root: Path, seed: int,
                       reporter: Reporter) -> DatasetSplits | None:
-    marker = read_marker(spec.name, root)
+    marker = read_marker(dataset_dir(spec.name, root), spec.name)
     if marker is None:
         return None
     if spec.generate is not None and marker.get("seed") != seed:
@@ -165,7 +158,7 @@ def _already_verified(spec: DatasetSpec, root: Path, seed: int,
 def _check_target_free(spec: DatasetSpec, root: Path) -> None:
     """``ROOT/NAME`` may be replaced only if it is absent, empty, or ours (has a marker)."""
     folder = dataset_dir(spec.name, root)
-    if not folder.exists() or (folder / MARKER_NAME).exists():
+    if not folder.exists() or has_marker(folder):
         return
     if folder.is_dir() and not any(folder.iterdir()):
         return
@@ -216,9 +209,9 @@ def _adopt_folder(spec: DatasetSpec, root: Path, folder: Path,
     real, target_real = folder.resolve(), target.resolve()
     if real == target_real or target_real in real.parents:
         parsed = _verify(spec, real, folder)
-        _write_marker(target, spec.name, real.relative_to(target_real).as_posix(), parsed,
-                      {"checksums": "not applicable (extracted folder: layout and image "
-                       "counts verified)"})
+        _mark(target, spec, real.relative_to(target_real).as_posix(), parsed,
+              {"checksums": "not applicable (extracted folder: layout and image "
+               "counts verified)"})
         return load_verified(spec.name, root)
     _check_target_free(spec, root)
     staging = _staging(spec, root)
@@ -377,7 +370,7 @@ def _finish(spec: DatasetSpec, root: Path, staging: Path, data_dir: Path,
     """Write the marker last, then move the staging folder to ``ROOT/NAME``."""
     target = dataset_dir(spec.name, root)
     data_dir_text = "." if data_dir == staging else str(data_dir)
-    _write_marker(staging, spec.name, data_dir_text, parsed, details)
+    _mark(staging, spec, data_dir_text, parsed, details)
     trash = None
     if target.exists():
         trash = root / f".{spec.name}.old-{uuid.uuid4().hex[:8]}"
@@ -391,17 +384,11 @@ def _finish(spec: DatasetSpec, root: Path, staging: Path, data_dir: Path,
         raise DataError(f"{target} was verified but does not load: {err}") from err
 
 
-def _write_marker(folder: Path, name: str, data_dir: str, parsed: ParsedDataset,
-                  details: dict) -> None:
+def _mark(folder: Path, spec: DatasetSpec, data_dir: str, parsed: ParsedDataset,
+          details: dict) -> None:
     """The marker: what was verified, how, and where the data is (relative or absolute)."""
-    marker = {
-        "format": MARKER_FORMAT, "format_version": MARKER_VERSION, "dataset": name,
-        "data_dir": data_dir, "layout": parsed.layout,
-        "splits": splits_from_parsed(name, parsed).summary(), **details,
-        "raml_version": __version__,
-        "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_text(folder / MARKER_NAME, json.dumps(marker, indent=2) + "\n")
+    write_marker(folder, spec.name, data_dir=data_dir, layout=parsed.layout,
+                 splits=splits_from_parsed(spec.name, parsed).summary(), details=details)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from raml_cli.data import catalog
 from raml_cli.data.catalog import (
     dataset_names,
     download_command,
     get_spec,
     load_dataset,
-    prepare_dataset,
     register_dataset,
 )
+from raml_cli.data.marker import MARKER_NAME, read_marker
+from raml_cli.data.prepare import prepare_dataset
 from raml_cli.errors import DataError, InputError
 
 REAL_CUB = Path("/work/shared/fixtures/real-metadata/CUB_200_2011")
@@ -71,11 +71,11 @@ def test_a_path_that_looks_like_a_name_is_own_data(tmp_path, monkeypatch):
 
 def test_marker_from_another_dataset_is_not_trusted(tmp_path):
     (tmp_path / "cub200").mkdir()
-    (tmp_path / "cub200" / catalog.MARKER_NAME).write_text(
+    (tmp_path / "cub200" / MARKER_NAME).write_text(
         '{"format": "raml-dataset", "dataset": "sop", "splits": {}}')
-    assert catalog.read_marker("cub200", tmp_path) is None
-    (tmp_path / "cub200" / catalog.MARKER_NAME).write_text("{not json")
-    assert catalog.read_marker("cub200", tmp_path) is None
+    assert read_marker(tmp_path / "cub200", "cub200") is None
+    (tmp_path / "cub200" / MARKER_NAME).write_text("{not json")
+    assert read_marker(tmp_path / "cub200", "cub200") is None
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from raml_cli.cli.app import app
 from raml_cli.data import catalog
+from raml_cli.data.marker import MARKER_NAME
 
 runner = CliRunner()
 
@@ -116,7 +117,7 @@ def test_subprocess_real_toy_generator(tmp_path):
     assert loaded.summary() == splits
     assert {s.label for s in loaded.train}.isdisjoint({s.label for s in loaded.test})
     assert all((loaded.root / s.path).stat().st_size > 0 for s in loaded.test[:5])
-    marker = json.loads((tmp_path / "d" / "toy" / catalog.MARKER_NAME).read_text())
+    marker = json.loads((tmp_path / "d" / "toy" / MARKER_NAME).read_text())
     assert marker["seed"] == 1
     again = run_raml("download", "toy", "--root", "d", "--seed", "1", cwd=tmp_path)
     assert again.returncode == 0 and "already downloaded" in again.stderr

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from raml_cli.data import catalog
-from raml_cli.data.catalog import MARKER_NAME, load_dataset, prepare_dataset
+from raml_cli.data.catalog import load_dataset
+from raml_cli.data.marker import MARKER_NAME
 from raml_cli.data.parsers.cars_names import CARS196_CLASS_NAMES
+from raml_cli.data.prepare import prepare_dataset
 from raml_cli.errors import DataError, DownloadError, InputError
 
 CUB_SMALL = {"train": (2, 6), "test": (2, 6)}
