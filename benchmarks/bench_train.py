@@ -32,9 +32,9 @@ def bare_images_per_second(args: argparse.Namespace, device: torch.device) -> fl
     """Images/s of forward + loss + backward + step on one fixed batch."""
     from raml_cli.devices import autocast
     from raml_cli.model.network import NetworkConfig, build_network
-    from raml_cli.train.loop import LoopContext
     from raml_cli.train.losses import TripletLoss
     from raml_cli.train.mining import hardest_positive
+    from raml_cli.train.task import LoopContext
     from raml_cli.train.teacher import calibrate_batchnorm
 
     torch.manual_seed(0)

@@ -12,10 +12,15 @@ Layout (a dict): ``format`` (``raml-checkpoint``), ``format_version``, ``signatu
 0-based), ``micro_batch`` (the next micro-batch of that epoch to run),
 ``global_step`` (optimiser steps done), ``model``, ``optimizer``, ``scheduler``,
 ``task`` (the task's state), ``rng``, ``history`` (JSON of the validations so far).
+
+The *signature* (:func:`run_signature`) is what a resumed run must share with the run
+that wrote the checkpoint: the task's role and options, the loop's options that change
+what is computed, and the number of processes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,9 +40,42 @@ def checkpoint_path(output: str | os.PathLike) -> Path:
     return Path(output).with_suffix(".ckpt")
 
 
-def log_path(output: str | os.PathLike) -> Path:
-    """The JSONL log beside a model output: ``teacher.safetensors`` -> ``teacher.log.jsonl``."""
-    return Path(output).with_suffix(".log.jsonl")
+#: Loop options that change what is computed (the others may differ when resuming).
+SIGNATURE_LOOP_OPTIONS = ("epochs", "lr", "weight_decay", "accumulate", "seed", "pct_start",
+                          "div_factor", "final_div_factor")
+
+
+def run_signature(role: str, task_options: dict[str, Any], loop_options: dict[str, Any],
+                  world_size: int) -> dict[str, Any]:
+    """The JSON-able signature of a run (see the module docstring).
+
+    Args:
+        role: the task's role (``teacher`` or ``student``).
+        task_options: the task's :meth:`~raml_cli.train.task.TrainingTask.describe`.
+        loop_options: the loop's options (:meth:`~raml_cli.train.loop.LoopConfig.to_dict`);
+            only :data:`SIGNATURE_LOOP_OPTIONS` are kept.
+        world_size: processes of the run.
+    """
+    from raml_cli.train.runlog import json_default
+
+    signature = {"role": role, "task": task_options,
+                 "loop": {key: loop_options[key] for key in SIGNATURE_LOOP_OPTIONS},
+                 "world_size": world_size}
+    return json.loads(json.dumps(signature, default=json_default))
+
+
+def signature_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """``key: old -> new`` for every leaf that differs (for the resume error)."""
+    parts: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = signature_differences(a, b, f"{prefix}{key}.")
+            if inner:
+                parts.append(inner)
+        elif a != b:
+            parts.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(parts)
 
 
 def pack_rng_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -50,14 +50,8 @@ from torch import nn
 
 from raml_cli.errors import DataError, InputError
 from raml_cli.progress import NULL_REPORTER, Reporter
-from raml_cli.train.loop import (
-    LoopConfig,
-    LoopContext,
-    LossOutput,
-    TrainingResult,
-    TrainingTask,
-    run_training,
-)
+from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.task import LoopContext, LossOutput, TrainingResult, TrainingTask
 
 MODES = ("aug", "regression")
 INITS = ("teacher", "pretrained", "random")

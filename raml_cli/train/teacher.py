@@ -43,14 +43,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from raml_cli.errors import DataError, InputError, TrainingError
 from raml_cli.progress import NULL_REPORTER, Reporter
-from raml_cli.train.loop import (
-    LoopConfig,
-    LoopContext,
-    LossOutput,
-    TrainingResult,
-    TrainingTask,
-    run_training,
-)
+from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.task import LoopContext, LossOutput, TrainingResult, TrainingTask
 
 #: Reference hyper-parameters per dataset (``--preset paper``): ResNet-50, GeM, whitening
 #: 512, 448 px, ImageNet initialisation. Where METHOD.md and the reference code give no

@@ -20,7 +20,7 @@ from raml_cli.errors import InputError
 from raml_cli.model.files import file_sha256, load_model, read_model_info, save_model
 from raml_cli.model.network import NetworkConfig, build_network
 from raml_cli.store import read_attributes
-from raml_cli.train.checkpoint import checkpoint_path, log_path
+from raml_cli.train.checkpoint import checkpoint_path
 from raml_cli.train.distill import (
     PAPER_PRESETS,
     DistillConfig,
@@ -29,6 +29,7 @@ from raml_cli.train.distill import (
     teacher_cache_path,
 )
 from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.runlog import log_path, read_log
 
 R, r = 32, 16
 
@@ -80,8 +81,7 @@ def test_aug_mode_writes_a_student_of_the_teacher(teacher_file: Path, tmp_path: 
     # Asymmetric validation ran after each epoch, and the log has the loss terms.
     assert [v["epoch"] for v in result.validations] == [1, 2]
     assert set(result.validations[-1]["metrics"]) == {"recall@1", "map"}
-    epochs = [json.loads(line) for line in log_path(out).read_text().splitlines()
-              if json.loads(line)["event"] == "epoch"]
+    epochs = [r for r in read_log(log_path(out)) if r["event"] == "epoch"]
     assert {"loss_abs", "loss_ts", "loss_ss"} <= set(epochs[-1])
     assert epochs[-1]["loss_ts"] > 0 and epochs[-1]["loss_ss"] > 0
 
@@ -122,8 +122,7 @@ def test_regression_mode_caches_teacher_vectors(teacher_file: Path, tmp_path: Pa
     attrs = read_attributes(cache)
     assert attrs["model_sha256"] == file_sha256(teacher_file)
     assert int(attrs["resolution"]) == R and attrs["role"] == "teacher"
-    epochs = [json.loads(line) for line in log_path(out).read_text().splitlines()
-              if json.loads(line)["event"] == "epoch"]
+    epochs = [r for r in read_log(log_path(out)) if r["event"] == "epoch"]
     assert epochs[-1]["loss_ts"] == 0.0 and epochs[-1]["loss_ss"] == 0.0  # P = 1
     assert result.images_per_second > 0
     mtime = cache.stat().st_mtime_ns

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,10 @@ import torch
 from torch import nn
 
 from raml_cli.errors import InputError, TrainingError
-from raml_cli.train.checkpoint import checkpoint_path, load_checkpoint, log_path
-from raml_cli.train.loop import LoopConfig, LoopContext, LossOutput, TrainingTask, run_training
+from raml_cli.train.checkpoint import checkpoint_path, load_checkpoint
+from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.runlog import log_path, read_log
+from raml_cli.train.task import LoopContext, LossOutput, TrainingTask
 
 
 class KilledError(Exception):
@@ -101,8 +102,7 @@ def test_loop_trains_validates_and_logs(tmp_path: Path) -> None:
     assert result.best is not None
     assert (tmp_path / "m.safetensors").read_text() == "model"
     assert not checkpoint_path(tmp_path / "m.safetensors").exists()  # removed when done
-    events = [json.loads(line)["event"] for line in log_path(tmp_path / "m.safetensors")
-              .read_text().splitlines()]
+    events = [r["event"] for r in read_log(log_path(tmp_path / "m.safetensors"))]
     assert events[0] == "start" and events[-1] == "end"
     assert events.count("epoch") == 3 and events.count("val") == 3 and events.count("step") == 9
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from raml_cli.errors import InputError
-from raml_cli.train.loop import LoopContext
+from raml_cli.train.task import LoopContext
 from raml_cli.train.teacher import (
     PAPER_PRESETS,
     TeacherConfig,
