@@ -31,11 +31,10 @@ import torch
 def bare_images_per_second(args: argparse.Namespace, device: torch.device) -> float:
     """Images/s of forward + loss + backward + step on one fixed batch."""
     from raml_cli.devices import autocast
+    from raml_cli.model.batchnorm import calibrate_batchnorm
     from raml_cli.model.network import NetworkConfig, build_network
     from raml_cli.train.losses import TripletLoss
     from raml_cli.train.mining import hardest_positive
-    from raml_cli.train.task import LoopContext
-    from raml_cli.train.teacher import calibrate_batchnorm
 
     torch.manual_seed(0)
     channels_last = device.type == "cuda"  # as the loop decides
@@ -43,7 +42,7 @@ def bare_images_per_second(args: argparse.Namespace, device: torch.device) -> fl
     bs, neg = args.batch_size, args.negatives
     images = torch.randn(bs * (1 + neg), 3, args.res, args.res, device=device)
     # The loop's random init gets measured BatchNorm statistics: so does the limit.
-    calibrate_batchnorm(network, [images], LoopContext(device=device))
+    calibrate_batchnorm(network, [images], device)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)

@@ -39,8 +39,6 @@ excluded from its own ranking); R@1 and mAP. The *last* model is written, with
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,189 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from raml_cli.errors import DataError, InputError
+from raml_cli.errors import DataError
 from raml_cli.progress import NULL_REPORTER, Reporter
-from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.loop import run_training
+from raml_cli.train.options import DistillConfig, read_teacher_info
 from raml_cli.train.task import LoopContext, LossOutput, TrainingResult, TrainingTask
 
-MODES = ("aug", "regression")
-INITS = ("teacher", "pretrained", "random")
-
-#: The reference's values (``--preset paper``): METHOD.md and the reference code
-#: (pavelsuma/raml: 8 images x 8 augmentations per micro-batch, 25 micro-batches per
-#: step, 2000 images per epoch, 100 epochs, ImageNet initialisation, seed 1234).
-_PAPER_COMMON: dict[str, Any] = {
-    "mode": "aug", "init": "pretrained", "augs": 8, "mixup": 0.2, "batch_size": 8,
-    "accumulate": 25, "images_per_epoch": 2000, "epochs": 100, "weight_decay": 1e-6,
-    "seed": 1234,
-}
-PAPER_PRESETS: dict[str, dict[str, Any]] = {
-    "cub200": {**_PAPER_COMMON, "lambda1": 0.7718, "lambda2": 0.6684, "lr": 1.4025e-4},
-    "cars196": {**_PAPER_COMMON, "lambda1": 0.6371, "lambda2": 0.7731, "lr": 1.1692e-4},
-    "sop": {**_PAPER_COMMON, "lambda1": 0.7482, "lambda2": 0.6778, "lr": 1.7579e-4},
-}
-
-#: Options that do not change what is computed (a run may resume with other values).
-_RUNTIME_OPTIONS = ("output", "root", "workers", "device", "resume", "checkpoint_every",
-                    "embed_batch_size", "threads", "preset", "teacher")
-
 TEACHER_CACHE_SUFFIX = ".teacher-vectors.h5"
-
-
-@dataclass
-class DistillConfig:
-    """Every option of ``raml distill``.
-
-    Attributes:
-        teacher: the teacher's model file.
-        query_res: ``r``, the student's resolution in pixels.
-        output: the student model file to write (checkpoint and log go beside it).
-        dataset: catalogue name or path of the user's data; default: the teacher's.
-        root: the folder holding the catalogue's datasets; default: the teacher's
-            ``root`` option, else ``data``.
-        database_res: ``R``, the teacher's resolution; default: the teacher's training
-            resolution.
-        init: the student's initial weights: ``teacher`` (a copy of the teacher),
-            ``pretrained`` (ImageNet weights of the architecture, needs the hub or its
-            cache) or ``random``.
-        mode: ``aug`` (coupled augmentations, full loss) or ``regression`` (absolute
-            term on precomputed teacher vectors).
-        augs: ``P``, coupled views per image (``aug`` mode).
-        mixup: mixup's Beta parameter alpha; 0 disables mixup (``aug`` mode).
-        lambda1, lambda2: weights of the teacher-student and the student-student
-            relational terms (``aug`` mode); defaults: the reference's CUB values.
-        epochs: epochs of ``images_per_epoch`` images.
-        lr: peak learning rate of the one-cycle schedule (GeM's p: 10x).
-        weight_decay: AdamW weight decay (none for GeM's p).
-        batch_size: images per micro-batch (each with ``augs`` views).
-        accumulate: micro-batches per optimiser step.
-        images_per_epoch: images per epoch (0: the whole training split).
-        workers: DataLoader worker processes.
-        seed: the run's seed.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        val_every: validate on ``val`` every N epochs (0: never; then train on ``train``).
-        checkpoint_every: also checkpoint every N optimiser steps (0: each epoch only).
-        resume: continue the run whose checkpoint lies beside ``output``.
-        embed_batch_size: images per forward pass for the teacher's cached vectors and
-            validation.
-        threads: CPU threads for PyTorch (None: leave as is).
-        preset: ``paper`` when the reference's values were applied (recorded only).
-    """
-
-    teacher: Path
-    query_res: int
-    output: Path = Path("student.safetensors")
-    dataset: str | None = None
-    root: Path | None = None
-    database_res: int | None = None
-    init: str = "teacher"
-    mode: str = "aug"
-    augs: int = 8
-    mixup: float = 0.2
-    lambda1: float = 0.7718
-    lambda2: float = 0.6684
-    epochs: int = 100
-    lr: float = 1.4025e-4
-    weight_decay: float = 1e-6
-    batch_size: int = 8
-    accumulate: int = 25
-    images_per_epoch: int = 2000
-    workers: int = 4
-    seed: int = 0
-    device: str = "auto"
-    val_every: int = 0
-    checkpoint_every: int = 0
-    resume: bool = False
-    embed_batch_size: int = 64
-    threads: int | None = None
-    preset: str | None = None
-
-    @classmethod
-    def from_options(cls, teacher: str | Path, query_res: int, preset: str | None = None,
-                     **given: Any) -> DistillConfig:
-        """Defaults, then the preset's values for the dataset, then the options ``given``.
-
-        ``given`` holds the options the user set (``None`` values are ignored), so a
-        preset never overrides an explicit option. The preset's dataset is ``dataset``
-        when given, else the teacher's (read from its metadata).
-
-        Raises:
-            InputError: an unknown preset, or ``paper`` for a dataset it does not cover.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise TypeError(f"unknown DistillConfig option(s): {', '.join(unknown)}")
-        values: dict[str, Any] = {}
-        if preset is not None:
-            if preset != "paper":
-                raise InputError(f"Unknown preset {preset!r}. Choose: paper.")
-            dataset = given.get("dataset") or _teacher_info(Path(teacher)).dataset
-            if dataset not in PAPER_PRESETS:
-                raise InputError(
-                    f"--preset paper has the reference's values for "
-                    f"{', '.join(PAPER_PRESETS)}, not for {dataset!r}. Drop --preset and set "
-                    "the options yourself."
-                )
-            values.update(PAPER_PRESETS[dataset])
-        values.update({k: v for k, v in given.items() if v is not None})
-        return cls(teacher=Path(teacher), query_res=int(query_res), preset=preset, **values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every option, JSON-able (what the model file's ``config`` records)."""
-        out = asdict(self)
-        for key in ("teacher", "output", "root"):
-            out[key] = None if out[key] is None else str(out[key])
-        return out
-
-    def check(self) -> None:
-        """Reject option values that cannot work, before any work is done."""
-        rules = [
-            (self.query_res >= 8, f"--query-res must be at least 8 pixels, got "
-                                  f"{self.query_res}."),
-            (self.database_res is None or self.database_res >= 8,
-             f"--database-res must be at least 8 pixels, got {self.database_res}."),
-            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got "
-                                 f"{self.mode!r}."),
-            (self.init in INITS, f"--init must be one of {', '.join(INITS)}, got "
-                                 f"{self.init!r}."),
-            (self.augs >= 1, f"--augs must be at least 1, got {self.augs}."),
-            (self.mixup >= 0 and math.isfinite(self.mixup),
-             f"--mixup must be >= 0 (0: no mixup), got {self.mixup}."),
-            (self.mode != "aug" or self.mixup == 0 or self.batch_size >= 2,
-             "Mixup blends each view with a view of another image of the micro-batch, so it "
-             "needs --batch-size 2 or more; raise --batch-size or use --no-mixup."),
-            (self.lambda1 >= 0 and self.lambda2 >= 0,
-             f"--lambda1 and --lambda2 must be >= 0, got {self.lambda1} and {self.lambda2}."),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}."),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
-            (self.images_per_epoch >= 0,
-             f"--images-per-epoch must be >= 0, got {self.images_per_epoch}."),
-            (self.embed_batch_size >= 1, "embed_batch_size must be at least 1."),
-        ]
-        for ok, message in rules:
-            if not ok:
-                raise InputError(message)
-        if not Path(self.teacher).is_file():
-            raise InputError(f"The teacher model file {self.teacher} does not exist. Train one "
-                             "with `raml train-teacher`, or give the path of a .safetensors "
-                             "file written by it.")
-
-    @property
-    def views(self) -> int:
-        """``P``: views per image (1 in ``regression`` mode)."""
-        return 1 if self.mode == "regression" else self.augs
-
-
-def _teacher_info(path: Path) -> Any:
-    from raml_cli.model.files import read_model_info
-
-    if not path.is_file():
-        raise InputError(f"The teacher model file {path} does not exist. Train one with "
-                         "`raml train-teacher`, or give the path of a .safetensors file "
-                         "written by it.")
-    return read_model_info(path)
 
 
 def teacher_cache_path(output: str | Path) -> Path:
@@ -249,7 +71,7 @@ class DistillTask(TrainingTask):
 
         self.config = config
         self.reporter = reporter
-        self.info = _teacher_info(Path(config.teacher))
+        self.info = read_teacher_info(Path(config.teacher))
         if self.info.role != "teacher":
             reporter.warn(f"{config.teacher} is a {self.info.role} model (role={self.info.role}),"
                           " not a teacher; distilling from it anyway.")
@@ -263,33 +85,24 @@ class DistillTask(TrainingTask):
     # -- set-up ---------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        options = self.config.to_dict()
-        described = {k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS}
+        described = self.config.defining_options()
         described.update({"teacher_sha256": self.teacher_sha256, "dataset": self.dataset_spec,
                           "database_res": self.database_res})
         return described
 
     def build(self, ctx: LoopContext) -> nn.Module:
-        from raml_cli.data.catalog import load_dataset
         from raml_cli.model.files import load_model
         from raml_cli.model.network import build_network
-        from raml_cli.train.teacher import check_resolution
+        from raml_cli.model.resolution import check_resolution
+        from raml_cli.train.splits import load_training_splits
 
         cfg = self.config
-        splits = load_dataset(self.dataset_spec, self.root)
-        self.dataset_name = splits.name
-        self.image_root = Path(splits.root)
-        self.train_split = "fit" if cfg.val_every else "train"
-        self.samples = splits.split(self.train_split)
-        self.val_samples = splits.split("val") if cfg.val_every else []
-        if cfg.val_every and len({s.label for s in self.val_samples}) < 2:
-            raise DataError(
-                f"--val-every needs a val split of at least 2 classes, but {splits.name} has "
-                f"{len({s.label for s in self.val_samples})}. Use --val-every 0 to train on "
-                "the whole train split without validation."
-            )
-        if not self.samples:
-            raise DataError(f"The {self.train_split} split of {splits.name} holds no image.")
+        data = load_training_splits(self.dataset_spec, self.root, cfg.val_every)
+        self.dataset_name = data.name
+        self.image_root = data.image_root
+        self.train_split = data.train_split
+        self.samples = data.samples
+        self.val_samples = data.val_samples
         self.images_per_epoch = min(cfg.images_per_epoch or len(self.samples), len(self.samples))
         if self.images_per_epoch // (cfg.batch_size * ctx.world_size) < 1:
             raise DataError(
@@ -321,7 +134,7 @@ class DistillTask(TrainingTask):
         ctx.reporter.log(
             f"student: {self.info.architecture} at {cfg.query_res} px from teacher "
             f"{Path(cfg.teacher).name} at {self.database_res} px ({cfg.mode} mode, init "
-            f"{cfg.init}) on {splits.name}/{self.train_split}: {self.images_per_epoch} images "
+            f"{cfg.init}) on {data.name}/{self.train_split}: {self.images_per_epoch} images "
             f"x {cfg.views} view(s) per epoch, micro-batches of {cfg.batch_size} images"
         )
         return student
@@ -512,15 +325,8 @@ def distill_result(config: DistillConfig, reporter: Reporter = NULL_REPORTER) ->
     if task.database_res < config.query_res:
         reporter.warn(f"The query resolution {config.query_res} is above the database "
                       f"resolution {task.database_res}: RAML is meant for small queries.")
-    loop = LoopConfig(
-        output=Path(config.output), epochs=config.epochs, lr=config.lr,
-        weight_decay=config.weight_decay, accumulate=config.accumulate, seed=config.seed,
-        device=config.device, workers=config.workers, val_every=config.val_every,
-        checkpoint_every=config.checkpoint_every, resume=config.resume,
-        threads=config.threads,
-    )
-    return run_training(task, loop, reporter)
+    return run_training(task, config.loop_config(), reporter)
 
 
-__all__ = ["DistillConfig", "DistillTask", "PAPER_PRESETS", "distill", "distill_result",
+__all__ = ["DistillConfig", "DistillTask", "distill", "distill_result",
            "teacher_cache_path"]

@@ -30,161 +30,21 @@ otherwise it trains on all of ``train``. The *last* model is written.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from raml_cli.errors import DataError, InputError, TrainingError
+from raml_cli.errors import TrainingError
 from raml_cli.progress import NULL_REPORTER, Reporter
-from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.loop import run_training
+from raml_cli.train.options import TeacherConfig
 from raml_cli.train.task import LoopContext, LossOutput, TrainingResult, TrainingTask
-
-#: Reference hyper-parameters per dataset (``--preset paper``): ResNet-50, GeM, whitening
-#: 512, 448 px, ImageNet initialisation. Where METHOD.md and the reference code give no
-#: value for teacher training (epochs, learning rate, batch size), the choice is ours and
-#: marked in docs/train.md.
-PAPER_PRESETS: dict[str, dict[str, Any]] = {
-    name: {
-        "arch": "resnet50", "pool": "gem", "dim": 512, "init": "pretrained", "res": 448,
-        "epochs": 100, "lr": 1e-4, "weight_decay": 1e-6, "samples_per_class": 4,
-        "negatives": 4, "margin": 0.7, "batch_size": 20, "accumulate": 1,
-        "images_per_epoch": 2000, "pool_size": 20000, "seed": 1234,
-    }
-    for name in ("cub200", "cars196", "sop")
-}
 
 #: Training images whose activations set the BatchNorm statistics of a random init.
 CALIBRATION_IMAGES = 256
-
-#: Options that do not change what is computed (so a run may resume with other values).
-_RUNTIME_OPTIONS = ("output", "root", "workers", "device", "resume", "checkpoint_every",
-                    "embed_batch_size", "threads", "preset")
-
-
-@dataclass
-class TeacherConfig:
-    """Every option of ``raml train-teacher`` (defaults: the reference's where it has one).
-
-    Attributes:
-        dataset: a catalogue name or the path of the user's data.
-        output: the model file to write (checkpoint and log go beside it).
-        root: the folder holding the catalogue's datasets.
-        arch: backbone name (timm, or ``torchvision/<name>``).
-        pool: ``gem``, ``mac`` or ``spoc``.
-        dim: whitening output size (0: no whitening).
-        init: ``pretrained`` (ImageNet weights), ``none`` (random) or a weights file path.
-        res: training resolution in pixels (square crops).
-        epochs: epochs of ``images_per_epoch`` anchors.
-        lr: peak learning rate of the one-cycle schedule (GeM's p: 10x).
-        weight_decay: AdamW weight decay (none for GeM's p).
-        samples_per_class: images per class that sit together in a micro-batch.
-        negatives: negatives drawn per anchor.
-        margin: triplet margin (squared distances, in [0, 4]).
-        batch_size: anchors per micro-batch (a forward pass holds
-            ``batch_size * (1 + negatives)`` images).
-        accumulate: micro-batches per optimiser step.
-        images_per_epoch: anchors per epoch (0: every image of the split in whole groups).
-        pool_size: images embedded each epoch to draw negatives from (bounded by the split).
-        workers: DataLoader worker processes.
-        seed: the run's seed.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        val_every: validate on ``val`` every N epochs (0: never; then train on ``train``).
-        checkpoint_every: also checkpoint every N optimiser steps (0: each epoch only).
-        resume: continue the run whose checkpoint lies beside ``output``.
-        embed_batch_size: images per forward pass when embedding the pool and ``val``.
-        threads: CPU threads for PyTorch (None: leave as is).
-        preset: ``paper`` when the reference's values were applied (recorded only).
-    """
-
-    dataset: str
-    output: Path = Path("teacher.safetensors")
-    root: Path = Path("data")
-    arch: str = "resnet50"
-    pool: str = "gem"
-    dim: int = 512
-    init: str = "pretrained"
-    res: int = 448
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    samples_per_class: int = 4
-    negatives: int = 4
-    margin: float = 0.7
-    batch_size: int = 20
-    accumulate: int = 1
-    images_per_epoch: int = 2000
-    pool_size: int = 20000
-    workers: int = 4
-    seed: int = 0
-    device: str = "auto"
-    val_every: int = 0
-    checkpoint_every: int = 0
-    resume: bool = False
-    embed_batch_size: int = 64
-    threads: int | None = None
-    preset: str | None = None
-
-    @classmethod
-    def from_options(cls, dataset: str, preset: str | None = None,
-                     **given: Any) -> TeacherConfig:
-        """Build a config: defaults, then the preset's values, then the options ``given``.
-
-        ``given`` holds only options the user set (``None`` values are ignored), so a
-        preset never overrides an explicit option.
-
-        Raises:
-            InputError: an unknown preset, or ``paper`` for a dataset it does not cover.
-        """
-        values: dict[str, Any] = {}
-        if preset is not None:
-            if preset != "paper":
-                raise InputError(f"Unknown preset {preset!r}. Choose: paper.")
-            if dataset not in PAPER_PRESETS:
-                raise InputError(
-                    f"--preset paper has the reference's values for "
-                    f"{', '.join(PAPER_PRESETS)}, not for {dataset!r}. Drop --preset and set "
-                    "the options yourself."
-                )
-            values.update(PAPER_PRESETS[dataset])
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise TypeError(f"unknown TeacherConfig option(s): {', '.join(unknown)}")
-        values.update({k: v for k, v in given.items() if v is not None})
-        return cls(dataset=dataset, preset=preset, **values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every option, JSON-able (what the model file's ``config`` records)."""
-        out = asdict(self)
-        out["output"] = str(self.output)
-        out["root"] = str(self.root)
-        out["init"] = str(self.init)
-        return out
-
-    def check(self) -> None:
-        """Reject option values that cannot work, before any work is done."""
-        rules = [
-            (self.res >= 8, f"--res must be at least 8 pixels, got {self.res}."),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}."),
-            (self.negatives >= 1, f"--negatives must be at least 1, got {self.negatives}."),
-            (self.margin >= 0, f"--margin must be >= 0, got {self.margin}."),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
-            (self.pool_size >= 1, f"--pool-size must be at least 1, got {self.pool_size}."),
-            (self.dim >= 0, f"--dim must be 0 (no whitening) or positive, got {self.dim}."),
-            (self.embed_batch_size >= 1, "embed_batch_size must be at least 1."),
-        ]
-        for ok, message in rules:
-            if not ok:
-                raise InputError(message)
-
 
 class TeacherTask(TrainingTask):
     """Triplet-loss training of an :class:`~raml_cli.model.network.EmbeddingNetwork`."""
@@ -202,32 +62,25 @@ class TeacherTask(TrainingTask):
     # -- set-up ---------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        options = self.config.to_dict()
-        return {k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS}
+        return self.config.defining_options()
 
     def build(self, ctx: LoopContext) -> nn.Module:
-        from raml_cli.data.catalog import load_dataset
         from raml_cli.data.images import ImageDataset
         from raml_cli.data.transforms import eval_transform, train_transform
+        from raml_cli.model.batchnorm import calibrate_batchnorm
         from raml_cli.model.network import NetworkConfig, build_network
+        from raml_cli.model.resolution import check_resolution
         from raml_cli.train.losses import build_loss
         from raml_cli.train.sampler import ClassBalancedSampler, SeededDataset, epoch_generator
+        from raml_cli.train.splits import load_training_splits
 
         cfg = self.config
-        splits = load_dataset(cfg.dataset, Path(cfg.root))
-        self.dataset_name = splits.name
-        self.image_root = Path(splits.root)
-        self.train_split = "fit" if cfg.val_every else "train"
-        self.samples = splits.split(self.train_split)
-        self.val_samples = splits.split("val") if cfg.val_every else []
-        if cfg.val_every and len({s.label for s in self.val_samples}) < 2:
-            raise DataError(
-                f"--val-every needs a val split of at least 2 classes, but {splits.name} has "
-                f"{len({s.label for s in self.val_samples})}. Use --val-every 0 to train on "
-                "the whole train split without validation."
-            )
-        if not self.samples:
-            raise DataError(f"The {self.train_split} split of {splits.name} holds no image.")
+        data = load_training_splits(cfg.dataset, Path(cfg.root), cfg.val_every)
+        self.dataset_name = data.name
+        self.image_root = data.image_root
+        self.train_split = data.train_split
+        self.samples = data.samples
+        self.val_samples = data.val_samples
         self.labels = np.asarray([s.label for s in self.samples], dtype=np.int64)
         self.sampler = ClassBalancedSampler(self.labels, cfg.samples_per_class, cfg.batch_size,
                                             cfg.images_per_epoch)
@@ -259,14 +112,16 @@ class TeacherTask(TrainingTask):
                                                                 len(images))))
                                               for i in range(0, len(images),
                                                              cfg.embed_batch_size)])
-            count = calibrate_batchnorm(network, (batch[0] for batch in loader), ctx)
+            count = calibrate_batchnorm(network, (batch[0] for batch in loader), ctx.device,
+                                        channels_last=ctx.channels_last,
+                                        mixed_precision=ctx.mixed_precision)
             if count:
                 ctx.reporter.log(f"random init: BatchNorm statistics of {count} layer(s) "
                                  f"measured on {len(images)} training images, then frozen")
         self.loss = build_loss("triplet", margin=cfg.margin)
         ctx.reporter.log(
             f"teacher: {cfg.arch} ({cfg.pool}, dim {network.embedding_dim}) at {cfg.res} px on "
-            f"{splits.name}/{self.train_split}: {len(self.samples)} images, "
+            f"{data.name}/{self.train_split}: {len(self.samples)} images, "
             f"{self.sampler.num_batches(ctx.world_size)} micro-batch(es) of {cfg.batch_size} "
             f"anchors x (1 + {cfg.negatives} negatives) per epoch and process"
         )
@@ -413,76 +268,6 @@ class TeacherTask(TrainingTask):
                    dataset=self.dataset_name, config=config)
 
 
-def calibrate_batchnorm(network: nn.Module, batches: Iterable[torch.Tensor],
-                        ctx: LoopContext) -> int:
-    """Set every BatchNorm layer's running statistics to their average over ``batches``.
-
-    For a randomly initialised network, whose BatchNorm layers are then kept frozen
-    (METHOD.md): the statistics are measured once, with every other layer in eval mode,
-    as the cumulative average over the batches (``momentum=None``), and the layers'
-    momentum is restored afterwards. ``batches`` yields normalised images
-    ``[B, 3, H, W]``. Returns the number of BatchNorm layers calibrated.
-    """
-    layers = [m for m in network.modules() if isinstance(m, _BatchNorm)]
-    if not layers:
-        return 0
-    was_training = network.training
-    momenta = [m.momentum for m in layers]
-    network.eval()
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-        layer.train()
-    try:
-        with torch.no_grad(), ctx.autocast():
-            for images in batches:
-                network(ctx.to_device(images))
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-        network.train(was_training)
-    return len(layers)
-
-
-_PROBE_RESOLUTIONS = (32, 64, 96, 128, 160, 224, 299, 384, 448)
-
-
-def check_resolution(network: nn.Module, res: int, arch: str) -> None:
-    """Raise :class:`InputError` when ``network`` cannot embed a ``res x res`` image.
-
-    Runs one forward pass of a blank image on the CPU (before any training work). On a
-    failure, larger resolutions are probed so the message can name one that works.
-    """
-
-    def works(size: int) -> str | None:
-        try:
-            with torch.no_grad():
-                out = network(torch.zeros(1, 3, size, size))
-            return None if torch.isfinite(out).all() else "non-finite output"
-        except (RuntimeError, ValueError, AssertionError) as err:
-            return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-    was_training = network.training
-    network.eval()
-    try:
-        problem = works(res)
-        if problem is None:
-            return
-        larger = next((r for r in _PROBE_RESOLUTIONS if r > res and works(r) is None), None)
-    finally:
-        network.train(was_training)
-    if larger is not None:
-        raise InputError(
-            f"--res {res} is below what {arch} accepts: a {res}x{res} image fails in the "
-            f"network ({problem}). Use --res {larger} or more."
-        )
-    raise InputError(
-        f"{arch} fails on a blank {res}x{res} image ({problem}), and at larger resolutions "
-        "too: this architecture does not fit raml's embedding network. Choose another --arch "
-        "(e.g. resnet50)."
-    )
-
-
 def train_teacher(config: TeacherConfig, reporter: Reporter = NULL_REPORTER) -> Path:
     """Train a teacher as ``config`` says and write it to ``config.output``.
 
@@ -499,11 +284,4 @@ def train_teacher_result(config: TeacherConfig,
                          reporter: Reporter = NULL_REPORTER) -> TrainingResult:
     """Like :func:`train_teacher`, returning the loop's :class:`TrainingResult`."""
     config.check()
-    loop = LoopConfig(
-        output=Path(config.output), epochs=config.epochs, lr=config.lr,
-        weight_decay=config.weight_decay, accumulate=config.accumulate, seed=config.seed,
-        device=config.device, workers=config.workers, val_every=config.val_every,
-        checkpoint_every=config.checkpoint_every, resume=config.resume,
-        threads=config.threads,
-    )
-    return run_training(TeacherTask(config, reporter), loop, reporter)
+    return run_training(TeacherTask(config, reporter), config.loop_config(), reporter)

@@ -22,13 +22,13 @@ from raml_cli.model.network import NetworkConfig, build_network
 from raml_cli.store import read_attributes
 from raml_cli.train.checkpoint import checkpoint_path
 from raml_cli.train.distill import (
-    PAPER_PRESETS,
     DistillConfig,
     DistillTask,
     distill_result,
     teacher_cache_path,
 )
 from raml_cli.train.loop import LoopConfig, run_training
+from raml_cli.train.options import DISTILL_PAPER_PRESETS as PAPER_PRESETS
 from raml_cli.train.runlog import log_path, read_log
 
 R, r = 32, 16

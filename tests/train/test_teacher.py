@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from raml_cli.errors import InputError
+from raml_cli.model.batchnorm import calibrate_batchnorm
+from raml_cli.model.resolution import check_resolution
+from raml_cli.train.options import TEACHER_PAPER_PRESETS as PAPER_PRESETS
 from raml_cli.train.task import LoopContext
 from raml_cli.train.teacher import (
-    PAPER_PRESETS,
     TeacherConfig,
     TeacherTask,
-    calibrate_batchnorm,
-    check_resolution,
     train_teacher,
     train_teacher_result,
 )
@@ -146,7 +146,7 @@ def test_calibrate_batchnorm_measures_then_freezes() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
     images = [torch.randn(6, 3, 8, 8) * 3 + 1, torch.randn(6, 3, 8, 8) * 3 + 1]
-    assert calibrate_batchnorm(net, images, LoopContext(device=torch.device("cpu"))) == 1
+    assert calibrate_batchnorm(net, images, torch.device("cpu")) == 1
     bn = net[1]
     with torch.no_grad():
         acts = [net[0](x) for x in images]
