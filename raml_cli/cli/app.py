@@ -10,6 +10,7 @@ Command modules import the heavy engine (torch) inside the command body, so
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -86,28 +87,25 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def register(name: str, fn: Callable[..., Any], **kwargs: Any) -> None:
-    """Register ``fn`` as ``raml NAME`` with error handling."""
-    app.command(name=name, **kwargs)(handle_errors(fn))
+def register(name: str, fn: Callable[..., Any], examples: str = "", **kwargs: Any) -> None:
+    """Register ``fn`` as ``raml NAME`` with error handling.
+
+    ``--help`` shows ``fn``'s docstring, then ``examples`` (the command module's
+    ``EXAMPLES``: command lines kept next to the command they show).
+    """
+    text = "\n\n".join(part for part in (inspect.getdoc(fn), examples.strip("\n")) if part)
+    app.command(name=name, help=text, **kwargs)(handle_errors(fn))
 
 
 def _register_all() -> None:
-    # One import and one register() line per command; each module defines `command`.
-    from raml_cli.cli import download
-    register("download", download.command)
-    from raml_cli.cli import train_teacher
-    register("train-teacher", train_teacher.command)
-    from raml_cli.cli import embed
-    register("embed", embed.command)
-    from raml_cli.cli import info
-    register("info", info.command)
-    from raml_cli.cli import evaluate
-    register("evaluate", evaluate.command)
-    from raml_cli.cli import distill
-    register("distill", distill.command)
-    from raml_cli.cli import demo
-    register("demo", demo.command)
-    pass
+    # One import and one register() line per command; each module defines `command` and
+    # `EXAMPLES`.
+    from raml_cli.cli import demo, distill, download, embed, evaluate, info, train_teacher
+
+    for name, module in (("download", download), ("train-teacher", train_teacher),
+                         ("embed", embed), ("info", info), ("evaluate", evaluate),
+                         ("distill", distill), ("demo", demo)):
+        register(name, module.command, examples=module.EXAMPLES)
 
 
 _register_all()

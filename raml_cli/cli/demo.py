@@ -65,5 +65,3 @@ def command(
                 ["", "query -> database px", "R@1", "R@4", "mAP", "query GMACs"], rows,
                 caption=caption)
 
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, ResumeOpt
+from raml_cli.cli.options import (
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    ResumeOpt,
+    TrainingOptionTypes,
+    with_default,
+)
+from raml_cli.train.options import DistillConfig
 
 EXAMPLES = """
 Examples:
@@ -23,10 +31,13 @@ Examples:
 
 # Defaults are shown in the help text but resolved in the engine (DistillConfig), so that
 # --preset paper fills in only the options the user did not give.
-
-
-def _help(text: str, default: object) -> str:
-    return f"{text} [default: {default}]"
+D = DistillConfig.defaults()
+T = TrainingOptionTypes(
+    DistillConfig, "images",
+    batch_help="Images per forward pass (each with --augs views).",
+    val_help="Validate asymmetrically (student at --query-res vs teacher at the database "
+    "resolution, R@1 and mAP on the val split) every N epochs and train on train minus "
+    "val; 0: no validation, train on all of train.")
 
 
 def command(
@@ -37,7 +48,7 @@ def command(
     output: Annotated[Path, typer.Option("--output", "-o", help="The student model file to "
                                          "write; the checkpoint (.ckpt) and the log "
                                          "(.log.jsonl) go beside it.")
-                      ] = Path("student.safetensors"),
+                      ] = D["output"],
     preset: Annotated[str | None, typer.Option(
         "--preset", help="paper: the reference's values for the teacher's dataset (cub200, "
         "cars196, sop): lambda1, lambda2 and lr per dataset, ImageNet init, 8 images x 8 "
@@ -49,46 +60,34 @@ def command(
     database_res: Annotated[int | None, typer.Option(
         "--database-res", min=1, help="The teacher's resolution; default: the one it was "
         "trained at.")] = None,
-    init: Annotated[str | None, typer.Option("--init", help=_help(
+    init: Annotated[str | None, typer.Option("--init", help=with_default(
         "The student's initial weights: teacher (a copy of the teacher), pretrained (ImageNet "
-        "weights; needs the model hub or its cache) or random.", "teacher"))] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help=_help(
+        "weights; needs the model hub or its cache) or random.", D, "init"))] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help=with_default(
         "aug: coupled augmentations and the full loss (the paper's method); regression: only "
-        "the absolute term on cached teacher vectors of un-augmented images (cheaper).",
-        "aug"))] = None,
-    augs: Annotated[int | None, typer.Option("--augs", min=1, help=_help(
-        "Coupled augmentations (views) per image.", 8))] = None,
-    mixup: Annotated[float | None, typer.Option("--mixup", min=0.0, metavar="ALPHA", help=_help(
-        "Mixup's Beta(alpha, alpha) parameter.", 0.2))] = None,
+        "the absolute term on cached teacher vectors of un-augmented images (cheaper).", D,
+        "mode"))] = None,
+    augs: Annotated[int | None, typer.Option("--augs", min=1, help=with_default(
+        "Coupled augmentations (views) per image.", D, "augs"))] = None,
+    mixup: Annotated[float | None, typer.Option(
+        "--mixup", min=0.0, metavar="ALPHA", help=with_default(
+            "Mixup's Beta(alpha, alpha) parameter.", D, "mixup"))] = None,
     no_mixup: Annotated[bool, typer.Option("--no-mixup", help="Turn mixup off.")] = False,
-    lambda1: Annotated[float | None, typer.Option("--lambda1", min=0.0, help=_help(
-        "Weight of the teacher-student relational term.", 0.7718))] = None,
-    lambda2: Annotated[float | None, typer.Option("--lambda2", min=0.0, help=_help(
-        "Weight of the student-student relational term.", 0.6684))] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help=_help(
-        "Epochs (of --images-per-epoch images).", 100))] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help=_help(
-        "Peak learning rate of the one-cycle schedule (GeM's p: 10x).", "1.4025e-4"))] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help=_help(
-        "AdamW weight decay (none for GeM's p).", "1e-6"))] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help=_help(
-        "Images per forward pass (each with --augs views).", 8))] = None,
-    accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help=_help(
-        "Forward passes per optimiser step (gradient accumulation).", 25))] = None,
-    images_per_epoch: Annotated[int | None, typer.Option("--images-per-epoch", min=0, help=_help(
-        "Images per epoch (0: all images of the split).", 2000))] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help=_help(
-        "DataLoader worker processes that decode and augment images.", 4))] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=_help(
-        "Random seed; the same seed gives the same model on the same device.", 0))] = None,
+    lambda1: Annotated[float | None, typer.Option("--lambda1", min=0.0, help=with_default(
+        "Weight of the teacher-student relational term.", D, "lambda1"))] = None,
+    lambda2: Annotated[float | None, typer.Option("--lambda2", min=0.0, help=with_default(
+        "Weight of the student-student relational term.", D, "lambda2"))] = None,
+    epochs: T.Epochs = None,
+    lr: T.Lr = None,
+    weight_decay: T.WeightDecay = None,
+    batch_size: T.BatchSize = None,
+    accumulate: T.Accumulate = None,
+    images_per_epoch: T.ImagesPerEpoch = None,
+    workers: T.Workers = None,
+    seed: T.Seed = None,
     device: DeviceOpt = "auto",
-    val_every: Annotated[int | None, typer.Option("--val-every", min=0, help=_help(
-        "Validate asymmetrically (student at --query-res vs teacher at the database "
-        "resolution, R@1 and mAP on the val split) every N epochs and train on train minus "
-        "val; 0: no validation, train on all of train.", 0))] = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help=(
-        "Also checkpoint every N optimiser steps (a checkpoint is always written after "
-        "every epoch)."))] = 0,
+    val_every: T.ValEvery = None,
+    checkpoint_every: T.CheckpointEvery = 0,
     resume: ResumeOpt = False,
     root: Annotated[Path | None, typer.Option(
         "--root", help="Folder that holds the datasets; default: the teacher's, else "
@@ -105,7 +104,7 @@ def command(
     """
     from raml_cli.cli.render import print_training_result
     from raml_cli.progress import Reporter
-    from raml_cli.train.distill import DistillConfig, distill_result
+    from raml_cli.train.distill import distill_result
 
     config = DistillConfig.from_options(
         teacher, query_res, preset=preset, output=output, dataset=dataset,
@@ -119,5 +118,3 @@ def command(
     print_training_result(result, "student distilled", "final loss (sum over a micro-batch)",
                           "val asymmetric", json_out)
 
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES

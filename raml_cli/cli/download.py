@@ -61,5 +61,3 @@ def command(
     print_table(f"{name} in {folder}", ["split", "classes", "images"], rows,
                 caption="val = the second half of the training classes (for validation)")
 
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES

@@ -107,5 +107,3 @@ def command(
         f"{result.resolution} px{skipped}{resumed} ({result.images_per_second:.1f} img/s on "
         f"{result.device})")
 
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES

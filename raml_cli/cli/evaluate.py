@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from raml_cli.cli.options import JsonOpt, QuietOpt
+from raml_cli.cli.options import JsonOpt, QuietOpt, parse_int_list
 
 if TYPE_CHECKING:
     from raml_cli.evaluate import EvaluationResult
@@ -22,21 +22,6 @@ itself; SOP cut-offs as JSON):
 
     raml evaluate sop_queries.h5 sop_db.h5 --k 1,10,100,1000 --json > metrics.json
 """
-
-def parse_ks(text: str) -> list[int]:
-    """``"1,2,4,8"`` -> ``[1, 2, 4, 8]``; an InputError for anything else."""
-    from raml_cli.errors import InputError
-
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        values = []
-    if not values or any(k < 1 for k in values):
-        raise InputError(f"--k takes comma-separated integers >= 1, e.g. --k 1,2,4,8 (CUB, "
-                         f"Cars) or --k 1,10,100,1000 (SOP); got {text!r}.")
-    return values
-
 
 def command(
     query: Annotated[Path, typer.Argument(
@@ -67,7 +52,7 @@ def command(
     from raml_cli.progress import Reporter
     from raml_cli.store import read_embeddings
 
-    ks = parse_ks(k)
+    ks = parse_int_list(k, "--k", 1, "1,2,4,8 (CUB, Cars) or --k 1,10,100,1000 (SOP)")
     reporter = Reporter(quiet=quiet)
     query_set = read_embeddings(query)
     database_set = read_embeddings(database) if database is not None else None
@@ -98,5 +83,3 @@ def _print_result(result: EvaluationResult, query: Path, database: Path | None) 
     caption += ". map_trapezoid is the paper's mAP; definitions: docs/evaluate.md"
     print_table(title, ("metric", "%"), rows, caption=caption)
 
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt
+from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, parse_int_list
 
 EXAMPLES = """
 Examples:
@@ -18,21 +18,6 @@ Examples:
 
     raml info teacher.safetensors --no-latency
 """
-
-
-def _resolutions(text: str | None, default: int) -> list[int]:
-    from raml_cli.errors import InputError
-
-    if not text:
-        return sorted({112, 224, 448, default})
-    try:
-        values = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as err:
-        raise InputError(f"--res {text!r}: give comma-separated pixel sizes, e.g. "
-                         "112,224,448.") from err
-    if not values or min(values) < 8:
-        raise InputError(f"--res {text!r}: every resolution must be at least 8 pixels.")
-    return values
 
 
 def command(
@@ -63,7 +48,8 @@ def command(
     reporter = Reporter(quiet=quiet)
     target = resolve_device(device)
     network, info = load_model(model, target)
-    resolutions = _resolutions(res, info.resolution)
+    resolutions = (parse_int_list(res, "--res", 8, "112,224,448") if res
+                   else sorted({112, 224, 448, info.resolution}))
     reporter.log(f"costing {info.architecture} at {', '.join(map(str, resolutions))} px on "
                  f"{target}")
     rows = profile(network, resolutions, target, repeats=repeats, measure_latency=latency)
@@ -91,5 +77,3 @@ def command(
         [[f"{r['resolution']} px", f"{r['gmacs']:.3g}", f"{r['relative_macs']:.3f}",
           "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"] for r in rows])
 
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES

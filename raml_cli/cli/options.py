@@ -1,9 +1,16 @@
-"""Typed options shared by several commands (one definition, one help text)."""
+"""Typed options shared by several commands (one definition, one help text).
+
+The options every training command shares (``raml train-teacher``, ``raml distill``) come
+from :class:`TrainingOptionTypes`, made once per command from the engine's options class,
+so that the defaults ``--help`` shows are the engine's own
+(:meth:`raml_cli.train.options.TrainingOptions.defaults`). Their parameters default to
+``None`` in the command, so that a preset fills in only the options the user did not give.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,12 +33,9 @@ RootOpt = Annotated[
     Path, typer.Option("--root", help="Folder that holds the datasets (one sub-folder each).")
 ]
 DatasetOpt = Annotated[
-    str,
+    str | None,
     typer.Option("--dataset", help="A dataset name (toy, cub200, cars196, sop) or a path: an "
                  "image folder with one sub-folder per class, or a CSV of path,label[,split]."),
-]
-WorkersOpt = Annotated[
-    int, typer.Option("--workers", min=0, help="DataLoader worker processes that decode images.")
 ]
 BatchSizeOpt = Annotated[
     int, typer.Option("--batch-size", min=1, help="Images per forward pass.")
@@ -39,3 +43,82 @@ BatchSizeOpt = Annotated[
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run from where it stopped.")
 ]
+
+
+def parse_int_list(text: str, option: str, minimum: int, example: str) -> list[int]:
+    """``"1,2,4,8"`` -> ``[1, 2, 4, 8]`` for a comma-separated option; else an InputError.
+
+    Spaces around items are allowed; an empty item, a non-integer or a value below
+    ``minimum`` is refused with a message naming ``option`` and ``example``.
+    """
+    from raml_cli.errors import InputError
+
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum for v in values):
+        raise InputError(f"{option} takes comma-separated integers >= {minimum}, e.g. "
+                         f"{option} {example}; got {text!r}.")
+    return values
+
+
+def shown_default(value: Any) -> str:
+    """A default as ``--help`` shows it: ``1e-4`` rather than ``0.0001``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value != 0 and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return str(value)
+
+
+def with_default(text: str, defaults: dict[str, Any], name: str) -> str:
+    """``text`` followed by ``[default: ...]`` with the engine's default of option ``name``."""
+    return f"{text} [default: {shown_default(defaults[name])}]"
+
+
+class TrainingOptionTypes:
+    """``Annotated`` option types of the options every training command has.
+
+    Args:
+        config: the engine's options class (a :class:`~raml_cli.train.options.TrainingOptions`
+            subclass); its defaults are shown in the help.
+        unit: what ``--batch-size`` and ``--images-per-epoch`` count (``anchors``,
+            ``images``).
+        batch_help: the help of ``--batch-size`` (what one forward pass holds).
+        val_help: the help of ``--val-every`` (how this training validates).
+
+    >>> # T = TrainingOptionTypes(TeacherConfig, "anchors", "...", "...")
+    >>> # def command(epochs: T.Epochs = None, lr: T.Lr = None, ...): ...
+    """
+
+    def __init__(self, config: Any, unit: str, batch_help: str, val_help: str) -> None:
+        d = config.defaults()
+        self.Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help=with_default(
+            f"Epochs (of --images-per-epoch {unit}).", d, "epochs"))]
+        self.Lr = Annotated[float | None, typer.Option("--lr", help=with_default(
+            "Peak learning rate of the one-cycle schedule (GeM's p: 10x).", d, "lr"))]
+        self.WeightDecay = Annotated[float | None, typer.Option(
+            "--weight-decay", help=with_default("AdamW weight decay (none for GeM's p).", d,
+                                                "weight_decay"))]
+        self.BatchSize = Annotated[int | None, typer.Option(
+            "--batch-size", min=1, help=with_default(batch_help, d, "batch_size"))]
+        self.Accumulate = Annotated[int | None, typer.Option(
+            "--accumulate", min=1, help=with_default(
+                "Forward passes per optimiser step (gradient accumulation).", d, "accumulate"))]
+        self.ImagesPerEpoch = Annotated[int | None, typer.Option(
+            "--images-per-epoch", min=0, help=with_default(
+                f"{unit.capitalize()} per epoch (0: all images of the split).", d,
+                "images_per_epoch"))]
+        self.Workers = Annotated[int | None, typer.Option("--workers", min=0, help=with_default(
+            "DataLoader worker processes that decode images (on a CPU-only machine 0 or 1 is "
+            "fastest: they share the cores with the network).", d, "workers"))]
+        self.Seed = Annotated[int | None, typer.Option("--seed", help=with_default(
+            "Random seed; the same seed gives the same model on the same device.", d, "seed"))]
+        self.ValEvery = Annotated[int | None, typer.Option(
+            "--val-every", min=0, help=with_default(val_help, d, "val_every"))]
+        self.CheckpointEvery = Annotated[int, typer.Option(
+            "--checkpoint-every", min=0, help="Also checkpoint every N optimiser steps (a "
+            "checkpoint is always written after every epoch).")]

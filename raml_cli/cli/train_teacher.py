@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, ResumeOpt, RootOpt
+from raml_cli.cli.options import (
+    DatasetOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    ResumeOpt,
+    RootOpt,
+    TrainingOptionTypes,
+    with_default,
+)
+from raml_cli.train.options import TeacherConfig
 
 EXAMPLES = """
 Examples:
@@ -24,76 +34,64 @@ Examples:
 
 # Defaults are shown in the help text but resolved in the engine (TeacherConfig), so that
 # --preset paper fills in only the options the user did not give.
-
-
-def _help(text: str, default: object) -> str:
-    return f"{text} [default: {default}]"
+D = TeacherConfig.defaults()
+T = TrainingOptionTypes(
+    TeacherConfig, "anchors",
+    batch_help="Anchors per forward pass (a multiple of --samples-per-class); each brings its "
+    "negatives.",
+    val_help="Validate (R@1, mAP on the val split) every N epochs and train on train minus "
+    "val; 0: no validation, train on all of train.")
 
 
 def command(
-    dataset: Annotated[str, typer.Option("--dataset", help="A dataset name (toy, cub200, cars196, "
-                                         "sop) or a path: an image folder with one sub-folder "
-                                         "per class, or a CSV of path,label[,split].")],
+    dataset: DatasetOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="The teacher model file to "
                                          "write; the checkpoint (.ckpt) and the log "
                                          "(.log.jsonl) go beside it.")
-                      ] = Path("teacher.safetensors"),
+                      ] = D["output"],
     preset: Annotated[str | None, typer.Option(
         "--preset", help="paper: the reference's hyper-parameters for cub200, cars196 and sop "
         "(resnet50, ImageNet init, 448 px, GeM, 512-d, seed 1234; see docs/train.md). Options "
         "given explicitly still win.")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help=_help(
-        "Backbone: a timm name (resnet50, resnet10t, ...) or torchvision/NAME.",
-        "resnet50"))] = None,
-    pool: Annotated[str | None, typer.Option("--pool", help=_help(
-        "Global pooling: gem (learnable p), mac (max) or spoc (average).", "gem"))] = None,
-    dim: Annotated[int | None, typer.Option("--dim", min=0, help=_help(
-        "Output size of the whitening layer (0: no whitening).", 512))] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help=with_default(
+        "Backbone: a timm name (resnet50, resnet10t, ...) or torchvision/NAME.", D,
+        "arch"))] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help=with_default(
+        "Global pooling: gem (learnable p), mac (max) or spoc (average).", D, "pool"))] = None,
+    dim: Annotated[int | None, typer.Option("--dim", min=0, help=with_default(
+        "Output size of the whitening layer (0: no whitening).", D, "dim"))] = None,
     pretrained: Annotated[bool | None, typer.Option(
-        "--pretrained/--no-pretrained", help=_help(
+        "--pretrained/--no-pretrained", help=(
             "Start from ImageNet weights (needs the model hub or a local cache) or from "
-            "random weights.", "--pretrained"))] = None,
+            "random weights. [default: --pretrained]"))] = None,
     init_weights: Annotated[Path | None, typer.Option(
         "--init-weights", help="Start from the weights in this file (safetensors or a "
         "PyTorch state dict) instead; overrides --pretrained.")] = None,
-    res: Annotated[int | None, typer.Option("--res", min=1, help=_help(
-        "Training resolution in pixels (the database side).", 448))] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help=_help(
-        "Epochs (of --images-per-epoch anchors).", 100))] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help=_help(
-        "Peak learning rate of the one-cycle schedule (GeM's p: 10x).", "1e-4"))] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help=_help(
-        "AdamW weight decay (none for GeM's p).", "1e-6"))] = None,
-    samples_per_class: Annotated[int | None, typer.Option("--samples-per-class", min=2, help=_help(
-        "Images of one class together in a batch (the positive is the hardest of them).",
-        4))] = None,
-    negatives: Annotated[int | None, typer.Option("--negatives", min=1, help=_help(
-        "Negatives per anchor, drawn by distance-weighted sampling.", 4))] = None,
-    margin: Annotated[float | None, typer.Option("--margin", min=0.0, help=_help(
-        "Triplet margin on squared distances of unit vectors.", 0.7))] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help=_help(
-        "Anchors per forward pass (a multiple of --samples-per-class); each brings its "
-        "negatives.", 20))] = None,
-    accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help=_help(
-        "Forward passes per optimiser step (gradient accumulation).", 1))] = None,
-    images_per_epoch: Annotated[int | None, typer.Option("--images-per-epoch", min=0, help=_help(
-        "Anchors per epoch (0: all images of the split).", 2000))] = None,
-    pool_size: Annotated[int | None, typer.Option("--pool-size", min=1, help=_help(
-        "Images embedded each epoch to draw negatives from.", 20000))] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help=_help(
-        "DataLoader worker processes that decode images (on a CPU-only machine 0 or 1 is "
-        "fastest: they share the cores with the network).", 4))] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=_help(
-        "Random seed; the same seed gives the same model on the same device.", 0))] = None,
+    res: Annotated[int | None, typer.Option("--res", min=1, help=with_default(
+        "Training resolution in pixels (the database side).", D, "res"))] = None,
+    epochs: T.Epochs = None,
+    lr: T.Lr = None,
+    weight_decay: T.WeightDecay = None,
+    samples_per_class: Annotated[int | None, typer.Option(
+        "--samples-per-class", min=2, help=with_default(
+            "Images of one class together in a batch (the positive is the hardest of them).",
+            D, "samples_per_class"))] = None,
+    negatives: Annotated[int | None, typer.Option("--negatives", min=1, help=with_default(
+        "Negatives per anchor, drawn by distance-weighted sampling.", D, "negatives"))] = None,
+    margin: Annotated[float | None, typer.Option("--margin", min=0.0, help=with_default(
+        "Triplet margin on squared distances of unit vectors.", D, "margin"))] = None,
+    batch_size: T.BatchSize = None,
+    accumulate: T.Accumulate = None,
+    images_per_epoch: T.ImagesPerEpoch = None,
+    pool_size: Annotated[int | None, typer.Option("--pool-size", min=1, help=with_default(
+        "Images embedded each epoch to draw negatives from.", D, "pool_size"))] = None,
+    workers: T.Workers = None,
+    seed: T.Seed = None,
     device: DeviceOpt = "auto",
-    val_every: Annotated[int | None, typer.Option("--val-every", min=0, help=_help(
-        "Validate (R@1, mAP on the val split) every N epochs and train on train minus val; "
-        "0: no validation, train on all of train.", 0))] = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help=(
-        "Also checkpoint every N optimiser steps (a checkpoint is always written after "
-        "every epoch)."))] = 0,
+    val_every: T.ValEvery = None,
+    checkpoint_every: T.CheckpointEvery = 0,
     resume: ResumeOpt = False,
-    root: RootOpt = Path("data"),
+    root: RootOpt = D["root"],
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -104,7 +102,7 @@ def command(
     """
     from raml_cli.cli.render import print_training_result
     from raml_cli.progress import Reporter
-    from raml_cli.train.teacher import TeacherConfig, train_teacher_result
+    from raml_cli.train.teacher import train_teacher_result
 
     init = str(init_weights) if init_weights is not None else (
         None if pretrained is None else ("pretrained" if pretrained else "none"))
@@ -118,6 +116,3 @@ def command(
     )
     result = train_teacher_result(config, Reporter(quiet=quiet))
     print_training_result(result, "teacher trained", "final loss", "val", json_out)
-
-
-command.__doc__ = (command.__doc__ or "") + EXAMPLES
