@@ -216,7 +216,7 @@ class _Run:
     # -- 2. teacher -------------------------------------------------------------------------
 
     def train_teacher(self, dataset: str, root: Path) -> Path:
-        from raml_cli.train.teacher import TeacherConfig, TeacherTask, train_teacher
+        from raml_cli.train.teacher import TeacherConfig, train_teacher
 
         cfg = self.config
         output = self.out / f"teacher-{cfg.database_res}px.safetensors"
@@ -226,7 +226,7 @@ class _Run:
             device=self.device, workers=self.workers, **options)
         self.reporter.log(f"[2/5] teacher: {options['arch']} at {cfg.database_res} px "
                           f"(raml train-teacher)")
-        if _same_options(output, TeacherTask(teacher_config).describe()):
+        if _same_options(output, teacher_config.defining_options()):
             self.reused.append("teacher")
             self.reporter.log(f"reusing {output}")
             return output
@@ -236,7 +236,8 @@ class _Run:
     # -- 3. student -------------------------------------------------------------------------
 
     def distill(self, teacher: Path) -> Path:
-        from raml_cli.train.distill import DistillConfig, DistillTask, distill
+        from raml_cli.train.distill import describe_distillation, distill
+        from raml_cli.train.options import DistillConfig, read_teacher_info
 
         cfg = self.config
         output = self.out / f"student-{cfg.query_res}px.safetensors"
@@ -246,13 +247,14 @@ class _Run:
             workers=self.workers, **options)
         distill_config.check()
         self.reporter.log(f"[3/5] student: distilled to {cfg.query_res} px (raml distill)")
-        task = DistillTask(distill_config)
-        if _same_options(output, task.describe(), teacher_sha256=task.teacher_sha256):
+        info = read_teacher_info(teacher)  # read and hashed once for the whole step
+        if _same_options(output, describe_distillation(distill_config, info),
+                         teacher_sha256=info.sha256):
             self.reused.append("student")
             self.reporter.log(f"reusing {output}")
             return output
         distill_config.resume = _checkpoint_exists(output)
-        return distill(distill_config, self.reporter)
+        return distill(distill_config, self.reporter, teacher_info=info)
 
     # -- 4. embeddings ----------------------------------------------------------------------
 
@@ -261,6 +263,7 @@ class _Run:
         from raml_cli.data.catalog import load_dataset
         from raml_cli.embed import embed_dataset
         from raml_cli.model.files import file_sha256
+        from raml_cli.store import is_current
 
         cfg = self.config
         splits = load_dataset(dataset, root)
@@ -273,11 +276,13 @@ class _Run:
         }
         self.reporter.log(f"[4/5] embedding the {len(samples)} test images three ways "
                           "(raml embed)")
+        hashes = {model: file_sha256(model) for model in (teacher, student)}
+        paths = [s.path for s in samples]
         files = {}
         for key, (model, res, role) in jobs.items():
             output = folder / f"{role}-{res}px-test.h5"
             files[key] = output
-            if _same_embeddings(output, file_sha256(model), res, len(samples)):
+            if is_current(output, model_sha256=hashes[model], resolution=res, paths=paths):
                 self.reused.append(f"embeddings {output.name}")
                 continue
             embed_dataset(model, output, samples, splits.root, dataset=splits.name,
@@ -352,22 +357,6 @@ def _same_options(path: Path, described: dict[str, Any], **expected: Any) -> boo
     recorded = {**info.config, "teacher_sha256": info.teacher_sha256}
     wanted = {**_jsonable(described), **expected}
     return all(recorded.get(key) == value for key, value in wanted.items())
-
-
-def _same_embeddings(path: Path, model_sha256: str, res: int, rows: int) -> bool:
-    """True when the embeddings file ``path`` holds ``rows`` rows of this model at ``res``."""
-    from raml_cli.errors import RamlError
-    from raml_cli.store import read_attributes, read_embeddings
-
-    if not path.is_file():
-        return False
-    try:
-        attrs = read_attributes(path)
-        if attrs.get("model_sha256") != model_sha256 or int(attrs.get("resolution", 0)) != res:
-            return False
-        return read_embeddings(path).num == rows
-    except (RamlError, ValueError):
-        return False
 
 
 __all__ = ["DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES",

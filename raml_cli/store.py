@@ -38,7 +38,7 @@ import numpy as np
 
 from raml_cli import __version__
 from raml_cli.atomic import ensure_writable_parent, partial_path, temporary_sibling
-from raml_cli.errors import FormatError, InputError
+from raml_cli.errors import FormatError, InputError, RamlError
 
 FORMAT = "raml-embeddings"
 FORMAT_VERSION = 1
@@ -266,6 +266,10 @@ class EmbeddingWriter:
     def skipped(self) -> list[str]:
         return list(self._skipped)
 
+    def written_paths(self) -> list[str]:
+        """The ``paths`` of the rows already in the file (those of a resumed ``.partial``)."""
+        return [_decode(p) for p in self._handle["paths"][:self.rows_done]]
+
     def finalize(self) -> Path:
         """Mark the file complete, close it and rename it onto the output path."""
         handle = self._handle
@@ -383,6 +387,32 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         paths = [_decode(p) for p in path_ds[()]]
     embeddings, renormalized = _check_rows(embeddings, file)
     return EmbeddingSet(embeddings, labels, paths, attrs, file, renormalized)
+
+
+def is_current(path: str | os.PathLike, *, model_sha256: str, resolution: int,
+               paths: Sequence[str]) -> bool:
+    """Whether ``path`` is a complete embeddings file of exactly these images by this model.
+
+    True when the file exists, is a finished raml embeddings file, records
+    ``model_sha256`` and ``resolution``, and its ``/paths`` are ``paths`` in order: what a
+    pipeline needs to know to reuse the file instead of embedding again. Never raises for
+    a missing or unreadable file (that is simply not current).
+    """
+    file = Path(path)
+    if not file.is_file():
+        return False
+    try:
+        with _open(file) as handle:
+            attrs = _check_header(handle, file)
+            if (attrs.get("model_sha256") != model_sha256
+                    or str(attrs.get("resolution")) != str(int(resolution))):
+                return False
+            stored = handle.get("paths")
+            if not isinstance(stored, h5py.Dataset) or stored.shape != (len(paths),):
+                return False
+            return [_decode(p) for p in stored[()]] == list(paths)
+    except (RamlError, OSError, KeyError, ValueError):
+        return False
 
 
 def _check_rows(embeddings: np.ndarray, file: Path) -> tuple[np.ndarray, int]:

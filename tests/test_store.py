@@ -311,3 +311,29 @@ def test_writer_rejects_rows_of_another_size(tmp_path):
         writer.append(unit_rows(2, dim=3), [0, 1], paths(2))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_is_current_names_exactly_this_model_resolution_and_images(tmp_path):
+    out = tmp_path / "db.h5"
+    attrs = {"model_sha256": "abc", "resolution": 64}
+    assert not store.is_current(out, model_sha256="abc", resolution=64, paths=paths(6))
+    write_embeddings(out, unit_rows(6), np.arange(6), paths(6), attrs=attrs)
+    assert store.is_current(out, model_sha256="abc", resolution=64, paths=paths(6))
+    assert not store.is_current(out, model_sha256="abd", resolution=64, paths=paths(6))
+    assert not store.is_current(out, model_sha256="abc", resolution=32, paths=paths(6))
+    assert not store.is_current(out, model_sha256="abc", resolution=64, paths=paths(5))
+    assert not store.is_current(out, model_sha256="abc", resolution=64,
+                                paths=list(reversed(paths(6))))
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    assert not store.is_current(tmp_path / "junk.h5", model_sha256="abc", resolution=64,
+                                paths=paths(6))
+
+
+def test_a_resumed_writer_reports_the_rows_it_holds(tmp_path):
+    out = tmp_path / "db.h5"
+    writer = EmbeddingWriter(out, dim=4, attrs={"model_sha256": "abc"})
+    writer.append(unit_rows(3), [0, 1, 2], paths(3))
+    writer.close()
+    again = EmbeddingWriter(out, dim=4, attrs={"model_sha256": "abc"}, resume=True)
+    assert again.rows_done == 3 and again.written_paths() == paths(3)
+    again.abort()

@@ -179,24 +179,6 @@ def embed_in_memory(
     return out
 
 
-def _read_progress(partial: Path) -> tuple[list[str], list[str]] | None:
-    """Row paths and skipped paths already in an unfinished file (None if unreadable)."""
-    import h5py
-
-    try:
-        with h5py.File(partial, "r") as handle:
-            n = min(handle[name].shape[0] for name in ("embeddings", "labels", "paths"))
-            paths = [_text(p) for p in handle["paths"][:n]]
-            skipped = [_text(p) for p in handle["skipped"][()]] if "skipped" in handle else []
-        return paths, skipped
-    except (OSError, KeyError):
-        return None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def resume_position(samples: Sequence[Sample], done_paths: Sequence[str],
                     skipped: Sequence[str]) -> tuple[int, list[str]]:
     """Where an unfinished file stops in ``samples``, checking that it was made from them.
@@ -395,7 +377,6 @@ def _open_writer(output: str | os.PathLike, dim: int, attrs: dict, chunk_rows: i
     from raml_cli.store import EmbeddingWriter
 
     partial = partial_path(output)
-    progress = _read_progress(partial) if resume and partial.exists() else None
     if not resume and partial.exists():
         reporter.warn(f"an unfinished {partial} exists; starting over (use --resume to "
                       "continue it instead).")
@@ -406,9 +387,8 @@ def _open_writer(output: str | os.PathLike, dim: int, attrs: dict, chunk_rows: i
                              resume=resume)
     start = 0
     if writer.rows_done or writer.skipped:
-        done_paths, skipped = progress if progress is not None else ([], [])
         try:
-            start, lost = resume_position(samples, done_paths[:writer.rows_done], skipped)
+            start, lost = resume_position(samples, writer.written_paths(), writer.skipped)
         except RamlError:
             writer.close()
             raise

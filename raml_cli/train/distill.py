@@ -61,22 +61,39 @@ def teacher_cache_path(output: str | Path) -> Path:
     return out.with_name(out.stem + TEACHER_CACHE_SUFFIX)
 
 
+def database_resolution(config: DistillConfig, teacher_info: Any) -> int:
+    """``R``: ``--database-res`` when given, else the teacher's training resolution."""
+    return int(config.database_res or teacher_info.resolution)
+
+
+def describe_distillation(config: DistillConfig, teacher_info: Any) -> dict[str, Any]:
+    """The options that define a distillation run, with the teacher's defaults resolved.
+
+    What a checkpoint must match to be resumed, and what a student file's ``config`` is
+    compared with to decide that it is already trained (``raml demo``).
+    """
+    described = config.defining_options()
+    described.update({"teacher_sha256": teacher_info.sha256,
+                      "dataset": config.dataset or teacher_info.dataset,
+                      "database_res": database_resolution(config, teacher_info)})
+    return described
+
+
 class DistillTask(TrainingTask):
     """Label-free distillation of a frozen teacher into a student at the query resolution."""
 
     role = "student"
 
-    def __init__(self, config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> None:
-        from raml_cli.model.files import file_sha256
-
+    def __init__(self, config: DistillConfig, reporter: Reporter = NULL_REPORTER,
+                 teacher_info: Any = None) -> None:
         self.config = config
         self.reporter = reporter
-        self.info = read_teacher_info(Path(config.teacher))
+        self.info = teacher_info or read_teacher_info(Path(config.teacher))
         if self.info.role != "teacher":
             reporter.warn(f"{config.teacher} is a {self.info.role} model (role={self.info.role}),"
                           " not a teacher; distilling from it anyway.")
-        self.teacher_sha256 = file_sha256(config.teacher)
-        self.database_res = int(config.database_res or self.info.resolution)
+        self.teacher_sha256 = self.info.sha256
+        self.database_res = database_resolution(config, self.info)
         self.dataset_spec = config.dataset or self.info.dataset
         teacher_root = self.info.config.get("root") if isinstance(self.info.config, dict) else None
         self.root = Path(config.root if config.root is not None else (teacher_root or "data"))
@@ -85,10 +102,7 @@ class DistillTask(TrainingTask):
     # -- set-up ---------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        described = self.config.defining_options()
-        described.update({"teacher_sha256": self.teacher_sha256, "dataset": self.dataset_spec,
-                          "database_res": self.database_res})
-        return described
+        return describe_distillation(self.config, self.info)
 
     def build(self, ctx: LoopContext) -> nn.Module:
         from raml_cli.model.files import load_model
@@ -159,18 +173,14 @@ class DistillTask(TrainingTask):
     def _cached_teacher_vectors(self, ctx: LoopContext) -> np.ndarray:
         """The teacher's vectors of the training images at ``R``, from (or into) the cache."""
         from raml_cli.distributed import barrier
-        from raml_cli.store import read_attributes, read_embeddings, write_embeddings
+        from raml_cli.store import is_current, read_embeddings, write_embeddings
 
         cache = teacher_cache_path(self.config.output)
         paths = [s.path for s in self.samples]
-        if cache.exists():
-            attrs = read_attributes(cache)
-            if (attrs.get("model_sha256") == self.teacher_sha256
-                    and int(attrs.get("resolution", 0)) == self.database_res):
-                cached = read_embeddings(cache)
-                if cached.paths == paths:
-                    ctx.reporter.log(f"teacher vectors: reusing {cache}")
-                    return cached.embeddings
+        if is_current(cache, model_sha256=self.teacher_sha256, resolution=self.database_res,
+                      paths=paths):
+            ctx.reporter.log(f"teacher vectors: reusing {cache}")
+            return read_embeddings(cache).embeddings
         if ctx.is_main:
             vectors = self._embed(self.teacher, self.samples, self.database_res, ctx,
                                   "teacher vectors")
@@ -307,7 +317,8 @@ class _Keyed:
         return self.dataset[int(key[0])]
 
 
-def distill(config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> Path:
+def distill(config: DistillConfig, reporter: Reporter = NULL_REPORTER,
+            teacher_info: Any = None) -> Path:
     """Distil ``config.teacher`` into a student at ``config.query_res``; returns the file.
 
     The student file records ``role=student``, ``resolution=query_res``,
@@ -315,18 +326,23 @@ def distill(config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> Path:
 
     >>> # distill(DistillConfig(Path("teacher.safetensors"), query_res=64))
     """
-    return distill_result(config, reporter).output
+    return distill_result(config, reporter, teacher_info).output
 
 
-def distill_result(config: DistillConfig, reporter: Reporter = NULL_REPORTER) -> TrainingResult:
-    """Like :func:`distill`, returning the loop's :class:`TrainingResult`."""
+def distill_result(config: DistillConfig, reporter: Reporter = NULL_REPORTER,
+                   teacher_info: Any = None) -> TrainingResult:
+    """Like :func:`distill`, returning the loop's :class:`TrainingResult`.
+
+    ``teacher_info``: the teacher's :class:`~raml_cli.model.files.ModelInfo` when the
+    caller has read it already (it is read, and the file hashed, otherwise).
+    """
     config.check()
-    task = DistillTask(config, reporter)
+    task = DistillTask(config, reporter, teacher_info)
     if task.database_res < config.query_res:
         reporter.warn(f"The query resolution {config.query_res} is above the database "
                       f"resolution {task.database_res}: RAML is meant for small queries.")
     return run_training(task, config.loop_config(), reporter)
 
 
-__all__ = ["DistillConfig", "DistillTask", "distill", "distill_result",
+__all__ = ["DistillConfig", "DistillTask", "describe_distillation", "distill", "distill_result",
            "teacher_cache_path"]
