@@ -37,7 +37,11 @@ T = TrainingOptionTypes(
     batch_help="Images per forward pass (each with --augs views).",
     val_help="Validate asymmetrically (student at --query-res vs teacher at the database "
     "resolution, R@1 and mAP on the val split) every N epochs and train on train minus "
-    "val; 0: no validation, train on all of train.")
+    "val; 0: no validation, train on all of train.",
+    model="student",
+    preset_help="paper: the reference's values for the teacher's dataset (cub200, cars196, "
+    "sop): lambda1, lambda2 and lr per dataset, ImageNet init, 8 images x 8 augmentations, "
+    "25 steps of accumulation, 2000 images per epoch, 100 epochs, seed 1234.")
 
 
 def command(
@@ -45,15 +49,8 @@ def command(
                                           "`raml train-teacher`); it stays frozen.")],
     query_res: Annotated[int, typer.Option("--query-res", min=1, help="The student's "
                                            "resolution in pixels (the query side).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The student model file to "
-                                         "write; the checkpoint (.ckpt) and the log "
-                                         "(.log.jsonl) go beside it.")
-                      ] = D["output"],
-    preset: Annotated[str | None, typer.Option(
-        "--preset", help="paper: the reference's values for the teacher's dataset (cub200, "
-        "cars196, sop): lambda1, lambda2 and lr per dataset, ImageNet init, 8 images x 8 "
-        "augmentations, 25 steps of accumulation, 2000 images per epoch, 100 epochs, seed "
-        "1234. Options given explicitly still win.")] = None,
+    output: T.Output = D["output"],
+    preset: T.Preset = None,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="A dataset name or the path of your own data; default: the "
         "teacher's training dataset.")] = None,

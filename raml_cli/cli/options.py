@@ -89,13 +89,21 @@ class TrainingOptionTypes:
             ``images``).
         batch_help: the help of ``--batch-size`` (what one forward pass holds).
         val_help: the help of ``--val-every`` (how this training validates).
+        model: what the output file holds (``teacher``, ``student``).
+        preset_help: the help of ``--preset`` (what the preset sets for this training).
 
     >>> # T = TrainingOptionTypes(TeacherConfig, "anchors", "...", "...")
     >>> # def command(epochs: T.Epochs = None, lr: T.Lr = None, ...): ...
     """
 
-    def __init__(self, config: Any, unit: str, batch_help: str, val_help: str) -> None:
+    def __init__(self, config: Any, unit: str, batch_help: str, val_help: str, model: str,
+                 preset_help: str) -> None:
         d = config.defaults()
+        self.Output = Annotated[Path, typer.Option("--output", "-o", help=(
+            f"The {model} model file to write; the checkpoint (.ckpt) and the log "
+            "(.log.jsonl) go beside it."))]
+        self.Preset = Annotated[str | None, typer.Option("--preset", help=(
+            f"{preset_help} Options given explicitly still win."))]
         self.Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help=with_default(
             f"Epochs (of --images-per-epoch {unit}).", d, "epochs"))]
         self.Lr = Annotated[float | None, typer.Option("--lr", help=with_default(

@@ -40,19 +40,16 @@ T = TrainingOptionTypes(
     batch_help="Anchors per forward pass (a multiple of --samples-per-class); each brings its "
     "negatives.",
     val_help="Validate (R@1, mAP on the val split) every N epochs and train on train minus "
-    "val; 0: no validation, train on all of train.")
+    "val; 0: no validation, train on all of train.",
+    model="teacher",
+    preset_help="paper: the reference's hyper-parameters for cub200, cars196 and sop "
+    "(resnet50, ImageNet init, 448 px, GeM, 512-d, seed 1234; see docs/train.md).")
 
 
 def command(
     dataset: DatasetOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The teacher model file to "
-                                         "write; the checkpoint (.ckpt) and the log "
-                                         "(.log.jsonl) go beside it.")
-                      ] = D["output"],
-    preset: Annotated[str | None, typer.Option(
-        "--preset", help="paper: the reference's hyper-parameters for cub200, cars196 and sop "
-        "(resnet50, ImageNet init, 448 px, GeM, 512-d, seed 1234; see docs/train.md). Options "
-        "given explicitly still win.")] = None,
+    output: T.Output = D["output"],
+    preset: T.Preset = None,
     arch: Annotated[str | None, typer.Option("--arch", help=with_default(
         "Backbone: a timm name (resnet50, resnet10t, ...) or torchvision/NAME.", D,
         "arch"))] = None,
