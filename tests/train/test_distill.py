@@ -1,23 +1,17 @@
-"""Distillation on a tiny real toy dataset: files, frozen teacher, modes, resume, presets,
-and the ``raml distill`` command line (CliRunner and a subprocess)."""
+"""Distillation on a tiny real toy dataset: files, frozen teacher, modes, resume, presets
+(the command line: test_cli_distill.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from raml_cli.cli.app import app
-from raml_cli.data.toy import generate_toy
 from raml_cli.errors import InputError
-from raml_cli.model.files import file_sha256, load_model, read_model_info, save_model
+from raml_cli.model.files import file_sha256, load_model, read_model_info
 from raml_cli.model.network import NetworkConfig, build_network
 from raml_cli.store import read_attributes
 from raml_cli.train.checkpoint import checkpoint_path
@@ -31,19 +25,7 @@ from raml_cli.train.loop import LoopConfig, run_training
 from raml_cli.train.options import DISTILL_PAPER_PRESETS as PAPER_PRESETS
 from raml_cli.train.runlog import log_path, read_log
 
-R, r = 32, 16
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight teacher at R whose dataset is a tiny toy (read as CUB by path)."""
-    root = tmp_path_factory.mktemp("distill")
-    data = root / "toy"
-    generate_toy(data, seed=0, num_classes=8, images_per_class=4, min_side=40, max_side=60)
-    torch.manual_seed(0)
-    network = build_network(NetworkConfig("test_resnet", whitening=16))
-    return save_model(root / "teacher.safetensors", network, resolution=R, role="teacher",
-                      dataset=str(data), config={"root": "data"})
+R, r = 32, 16  # R: the resolution of the teacher_file fixture (conftest.py)
 
 
 def _config(teacher: Path, out: Path, **kw: Any) -> DistillConfig:
@@ -190,48 +172,3 @@ def test_presets_and_option_checks(teacher_file: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         _config(tmp_path / "missing.safetensors", tmp_path / "s.safetensors").check()
     assert np.isclose(DistillConfig(teacher_file, 16).lambda2, 0.6684)
-
-
-# -- the command line ------------------------------------------------------------------
-
-
-def test_tiny_run_prints_json_and_writes_the_student(teacher_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "student.safetensors"
-    result = CliRunner().invoke(app, [
-        "distill", "--teacher", str(teacher_file), "--query-res", "16", "-o", str(out),
-        "--epochs", "1", "--augs", "2", "--batch-size", "4", "--accumulate", "1",
-        "--images-per-epoch", "8", "--workers", "0", "--device", "cpu", "--no-mixup",
-        "--lambda1", "0.5", "--json", "--quiet"])
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout)
-    assert payload["output"] == str(out) and payload["epochs"] == 1 and payload["steps"] == 2
-    info = read_model_info(out)
-    assert info.role == "student" and info.resolution == 16
-    assert info.teacher_sha256 == file_sha256(teacher_file)
-    assert info.config["mixup"] == 0.0 and info.config["lambda1"] == 0.5
-    assert info.config["init"] == "teacher"
-
-
-def test_user_errors_are_one_paragraph(teacher_file: Path, tmp_path: Path) -> None:
-    runner = CliRunner()
-    missing = runner.invoke(app, ["distill", "--teacher", str(tmp_path / "none.safetensors"),
-                                  "--query-res", "16"])
-    assert missing.exit_code == 2 and "does not exist" in missing.output
-    preset = runner.invoke(app, ["distill", "--teacher", str(teacher_file), "--query-res",
-                                 "16", "--preset", "paper"])
-    assert preset.exit_code == 2 and "--preset paper" in preset.output
-    mode = runner.invoke(app, ["distill", "--teacher", str(teacher_file), "--query-res", "16",
-                               "--mode", "triplet"])
-    assert mode.exit_code == 2 and "--mode must be one of aug, regression" in mode.output
-    helped = runner.invoke(app, ["distill", "--help"])
-    assert helped.exit_code == 0 and "raml distill --teacher teacher.safetensors" in helped.output
-
-
-@pytest.mark.slow
-def test_subprocess_reports_a_missing_teacher(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "raml_cli", "distill", "--teacher",
-                           str(tmp_path / "none.safetensors"), "--query-res", "112"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "does not exist" in done.stderr and "raml train-teacher" in done.stderr
-    assert "Traceback" not in done.stderr
