@@ -9,6 +9,7 @@ import typer
 
 from raml_cli.cli.options import (
     BatchSizeOpt,
+    DatasetOpt,
     DeviceOpt,
     JsonOpt,
     QuietOpt,
@@ -37,9 +38,7 @@ def command(
     res: Annotated[int | None, typer.Option(
         "--res", min=8, help="Resolution in pixels (shorter side resized to res*8/7, centre "
         "crop res). Default: the model's training resolution.")] = None,
-    dataset: Annotated[str | None, typer.Option(
-        "--dataset", help="A dataset name (toy, cub200, cars196, sop) or a path: an image "
-        "folder with one sub-folder per class, or a CSV of path,label[,split].")] = None,
+    dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(
         "--split", help="With --dataset: train, val, test, or fit (train minus val).")
     ] = "test",
