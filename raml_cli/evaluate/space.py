@@ -184,7 +184,7 @@ def _blocks(matrix: np.ndarray, block_rows: int) -> Iterator[tuple[int, np.ndarr
 
 
 def collapse_warning(what: str, spread: SpaceSpread) -> str:
-    """The warning for a collapsed space; ``what`` names it (e.g. ``the database q.h5``)."""
+    """The warning for a collapsed space; ``what`` names it (e.g. ``the space of db.h5``)."""
     nearest = ("" if math.isnan(spread.nn_cosine)
                else f" (nearest-neighbour cosine {spread.nn_cosine:.4f})")
     return (f"{what} is collapsed: its mean pairwise cosine is {spread.mean_cosine:.4f} "
