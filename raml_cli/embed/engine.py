@@ -384,6 +384,8 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
                 reporter.warn(f"stopped; the rows done so far are kept in {writer.partial}: "
                               "run the same command with --resume to continue.")
         raise
+    # Decoding workers forked while the file was open hold its HDF5 lock: end them first.
+    loader = None
     space = None
     if writer is not None and writer.rows_done:  # read back in blocks: bounded memory
         space = spread_from_blocks(lambda: iter_embedding_blocks(output), writer.rows_done)

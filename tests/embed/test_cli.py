@@ -136,3 +136,15 @@ def test_a_collapsed_file_is_warned_about(collapsed_model, image_dir, tmp_path):
     message = " ".join(result.stderr.split())
     assert f"the space of {out} is collapsed" in message and "narrow cone" in message
     assert "asymmetric search will be fragile" in message and "Retrain the teacher" in message
+
+
+def test_the_spread_is_read_back_with_decoding_workers(model_file, image_dir, tmp_path):
+    # Worker processes forked while the file was open share its HDF5 lock; reading the
+    # file back must not trip over them.
+    root, _ = image_dir
+    out = tmp_path / "db.h5"
+    result = runner.invoke(app, ["embed", str(model_file), "--images", str(root), "-o",
+                                 str(out), "--device", "cpu", "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["space"]["mean_cosine"] == pytest.approx(
+        space_spread(read_embeddings(out).embeddings).mean_cosine)
