@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,6 +413,25 @@ def is_current(path: str | os.PathLike, *, model_sha256: str, resolution: int,
             return [_decode(p) for p in stored[()]] == list(paths)
     except (RamlError, OSError, KeyError, ValueError):
         return False
+
+
+def iter_embedding_blocks(path: str | os.PathLike, block_rows: int = 4096
+                          ) -> Iterator[tuple[int, np.ndarray]]:
+    """The ``/embeddings`` of a complete file as ``(start, float32 [B, D] rows)`` blocks.
+
+    Memory stays at one block whatever the file's size (e.g. to measure a file just
+    written by ``raml embed``). Rows are returned as stored, without the checks of
+    :func:`read_embeddings`.
+    """
+    file = Path(path)
+    with _open(file) as handle:
+        _check_header(handle, file)
+        if not isinstance(handle.get("embeddings"), h5py.Dataset):
+            raise FormatError(f"{file} lacks the dataset /embeddings that every raml "
+                              "embeddings file has.")
+        dataset = handle["embeddings"]
+        for start in range(0, dataset.shape[0], block_rows):
+            yield start, np.asarray(dataset[start:start + block_rows], dtype=np.float32)
 
 
 def _check_rows(embeddings: np.ndarray, file: Path) -> tuple[np.ndarray, int]:

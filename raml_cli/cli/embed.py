@@ -94,6 +94,10 @@ def command(
         skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter)
     if result.rank != 0:  # under torchrun only the writing process reports
         return
+    if result.space is not None and result.space.collapsed:
+        from raml_cli.evaluate.space import collapse_warning
+
+        reporter.warn(collapse_warning(f"the space of {result.output}", result.space))
     if json_output:
         from raml_cli.cli.render import print_json
 
@@ -105,4 +109,9 @@ def command(
         f"wrote {result.output}: {result.num_rows} x {result.dim} embeddings at "
         f"{result.resolution} px{skipped}{resumed} ({result.images_per_second:.1f} img/s on "
         f"{result.device})")
+    if result.space is not None:
+        reporter.log(f"spread of {result.output}: mean pairwise cosine "
+                     f"{result.space.mean_cosine:.4f}, nearest-neighbour cosine "
+                     f"{result.space.nn_cosine:.4f} ({result.space.rows_sampled} sampled rows; "
+                     "above 0.9 mean = collapsed)")
 

@@ -11,6 +11,7 @@ from raml_cli.cli.options import JsonOpt, QuietOpt, parse_int_list
 
 if TYPE_CHECKING:
     from raml_cli.evaluate import EvaluationResult
+    from raml_cli.progress import Reporter
 
 EXAMPLES = """
 Examples (asymmetric: student queries vs teacher database; symmetric: one file against
@@ -62,6 +63,7 @@ def command(
                           f"{embeddings.source} were not unit length and were re-normalised.")
     result = evaluate_sets(query_set, database_set, ks=ks, exclude_self=exclude_self,
                            reporter=reporter)
+    _warn_if_collapsed(result, query, database, reporter)
     if json_output:
         from raml_cli.cli.render import print_json
 
@@ -82,4 +84,25 @@ def _print_result(result: EvaluationResult, query: Path, database: Path | None) 
     title = f"raml evaluate {query}" + (f" {database}" if database is not None else "")
     caption += ". map_trapezoid is the paper's mAP; definitions: docs/evaluate.md"
     print_table(title, ("metric", "%"), rows, caption=caption)
+    if result.query_space is not None and result.database_space is not None:
+        print_table("spread of the space (cosines; above 0.9 mean = collapsed)",
+                    ("measure", "cosine"),
+                    [("query mean pairwise", f"{result.query_space.mean_cosine:.4f}"),
+                     ("database mean pairwise", f"{result.database_space.mean_cosine:.4f}"),
+                     ("database nearest neighbour", f"{result.database_space.nn_cosine:.4f}")],
+                    caption="seeded sample of up to 2,000 rows; definitions: docs/evaluate.md")
+
+
+def _warn_if_collapsed(result: EvaluationResult, query: Path, database: Path | None,
+                       reporter: Reporter) -> None:
+    from raml_cli.evaluate.space import collapse_warning
+
+    if database is None:
+        sides = [(f"the space of {query}", result.database_space)]
+    else:
+        sides = [(f"the query space ({query})", result.query_space),
+                 (f"the database space ({database})", result.database_space)]
+    for name, spread in sides:
+        if spread is not None and spread.collapsed:
+            reporter.warn(collapse_warning(name, spread))
 

@@ -77,7 +77,8 @@ def print_training_result(result: Any, title: str, loss_label: str, val_label: s
             ["images/s (last epoch)", f"{result.images_per_second:.1f}"]]
     if result.validations:
         last = result.validations[-1]
-        rows += [[f"{val_label} {k} (epoch {last['epoch']})", percent(v)]
+        rows += [[f"{val_label} {k} (epoch {last['epoch']})",
+                  f"{v:.4f}" if k.endswith("cosine") else percent(v)]  # cosines: not %
                  for k, v in last["metrics"].items()]
         best = result.best
         if best is not None and best["metrics"].get("recall@1", 0.0) > \

@@ -38,7 +38,9 @@ from raml_cli.data.images import BadImage, Batch, ImageDataset, collate_skipping
 from raml_cli.data.transforms import eval_transform
 from raml_cli.devices import autocast, is_cuda, resolve_device, to_device
 from raml_cli.errors import DataError, InputError, RamlError
+from raml_cli.evaluate.space import SpaceSpread, spread_from_blocks
 from raml_cli.progress import NULL_REPORTER, Reporter
+from raml_cli.store import iter_embedding_blocks
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_ROWS = 1024
@@ -69,6 +71,7 @@ class EmbedResult:
         resumed_from: inputs already done in the ``.partial`` file when resuming (0 if not).
         seconds: wall time of this run's extraction; ``images_per_second`` its throughput.
         rank: this process's rank under torchrun; rank 0 wrote the file and reports.
+        space: the spread of the written file (:mod:`raml_cli.evaluate.space`), rank 0 only.
     """
 
     output: Path
@@ -90,10 +93,12 @@ class EmbedResult:
     seconds: float = 0.0
     images_per_second: float = 0.0
     rank: int = 0
+    space: SpaceSpread | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         del out["rank"]
+        out["space"] = self.space.to_json() if self.space is not None else None
         out["output"] = str(self.output)
         out["num_skipped"] = len(self.skipped)
         return out
@@ -361,6 +366,11 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
                 reporter.warn(f"stopped; the rows done so far are kept in {writer.partial}: "
                               "run the same command with --resume to continue.")
         raise
+    # Decoding workers forked while the file was open hold its HDF5 lock: end them first.
+    loader = None
+    space = None
+    if writer is not None and writer.rows_done:  # read back in blocks: bounded memory
+        space = spread_from_blocks(lambda: iter_embedding_blocks(output), writer.rows_done)
     barrier()
     num_rows = (writer.rows_done if writer is not None else 0)
     return EmbedResult(
@@ -369,7 +379,8 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
         architecture=info.architecture, dataset=dataset, split=split, device=str(device),
         batch_size=batch_size, workers=workers, world_size=world, resumed_from=start,
         skipped=list(skipped_total), seconds=seconds,
-        images_per_second=(len(samples) - start) / seconds if seconds > 0 else 0.0, rank=rank)
+        images_per_second=(len(samples) - start) / seconds if seconds > 0 else 0.0, rank=rank,
+        space=space)
 
 
 def _open_writer(output: str | os.PathLike, dim: int, attrs: dict, chunk_rows: int,

@@ -5,6 +5,8 @@
 - :mod:`~raml_cli.evaluate.metrics`: the metric definitions, from those ranks.
 - :mod:`~raml_cli.evaluate.evaluation`: :func:`evaluate_arrays`, :func:`evaluate_sets`
   and :class:`EvaluationResult` (the JSON of ``raml evaluate --json``).
+- :mod:`~raml_cli.evaluate.space`: the spread of an embedding space (mean pairwise and
+  nearest-neighbour cosines) and when it counts as collapsed.
 """
 
 from raml_cli.evaluate.evaluation import (
@@ -15,6 +17,7 @@ from raml_cli.evaluate.evaluation import (
     evaluate_sets,
 )
 from raml_cli.evaluate.metrics import metric_keys
+from raml_cli.evaluate.space import SpaceSpread, space_spread
 
 __all__ = [
     "DEFAULT_KS",
@@ -22,5 +25,7 @@ __all__ = [
     "check_ks",
     "evaluate_arrays",
     "evaluate_sets",
+    "SpaceSpread",
     "metric_keys",
+    "space_spread",
 ]

@@ -32,6 +32,7 @@ from raml_cli.evaluate.neighbours import (
     count_positives,
     positive_ranks,
 )
+from raml_cli.evaluate.space import SpaceSpread, space_spread
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.store import EmbeddingSet
 
@@ -52,6 +53,8 @@ class EvaluationResult:
         self_excluded: whether each query's own item was removed from its ranking.
         query: the root attributes of the query file.
         database: the root attributes of the database file.
+        query_space, database_space: the spread of each side (:mod:`raml_cli.evaluate.space`;
+            the same object for symmetric evaluation), ``None`` if not measured.
     """
 
     metrics: dict[str, float]
@@ -61,10 +64,12 @@ class EvaluationResult:
     self_excluded: bool
     query: dict[str, Any] = field(default_factory=dict)
     database: dict[str, Any] = field(default_factory=dict)
+    query_space: SpaceSpread | None = None
+    database_space: SpaceSpread | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``raml evaluate --json`` (DESIGN.md), as plain Python values."""
-        return {
+        out = {
             "metrics": {key: float(value) for key, value in self.metrics.items()},
             "num_queries": int(self.num_queries),
             "num_database": int(self.num_database),
@@ -73,6 +78,11 @@ class EvaluationResult:
             "query": dict(self.query),
             "database": dict(self.database),
         }
+        if self.query_space is not None and self.database_space is not None:
+            out["space"] = {"query_mean_cosine": float(self.query_space.mean_cosine),
+                            "database_mean_cosine": float(self.database_space.mean_cosine),
+                            "database_nn_cosine": float(self.database_space.nn_cosine)}
+        return out
 
 
 def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -185,8 +195,13 @@ def evaluate_sets(
     metrics, without = _evaluate(query_m, np.asarray(query.labels, dtype=np.int64), database_m,
                                  np.asarray(database.labels, dtype=np.int64), ks, self_index,
                                  block_size, chunk_size, product, reporter)
+    # The spread costs one [2000, D] x [D, N] product, a few % of the evaluation at SOP size.
+    database_space = space_spread(database_m)
+    query_space = (database_space if same_file
+                   else space_spread(query_m, neighbours=False))  # its nn is not reported
     return EvaluationResult(metrics, query.num, database.num, without, bool(exclude_self),
-                            dict(query.attrs), dict(database.attrs))
+                            dict(query.attrs), dict(database.attrs), query_space,
+                            database_space)
 
 
 def _evaluate(query: np.ndarray, query_labels: np.ndarray, database: np.ndarray,

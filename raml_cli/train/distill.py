@@ -276,18 +276,31 @@ class DistillTask(TrainingTask):
     # -- validation, output -----------------------------------------------------------------
 
     def validate(self, module: nn.Module, ctx: LoopContext) -> dict[str, float]:
-        """Asymmetric R@1 and mAP on ``val``: student at ``r`` vs teacher at ``R``."""
+        """Asymmetric R@1 and mAP on ``val``: student at ``r`` vs teacher at ``R``; the
+        spread of the student's query vectors (``mean_cosine``, ``nn_cosine``) and of the
+        teacher's database (``database_mean_cosine``, measured once), with a warning
+        when collapsed (:mod:`raml_cli.evaluate.space`)."""
         from raml_cli.evaluate import evaluate_arrays
+        from raml_cli.evaluate.space import collapse_warning, space_spread
 
         if getattr(self, "_val_database", None) is None:
             self._val_database = self._embed(self.teacher, self.val_samples, self.database_res,
                                              ctx, "validation database (teacher)")
+            database = space_spread(self._val_database)
+            self._val_database_mean_cosine = database.mean_cosine
+            if database.collapsed:
+                ctx.reporter.warn(collapse_warning("the teacher's validation database", database))
         queries = self._embed(module, self.val_samples, self.config.query_res, ctx,
                               "validating (student)")
         labels = np.asarray([s.label for s in self.val_samples], dtype=np.int64)
         metrics = evaluate_arrays(queries, labels, self._val_database, labels, ks=(1,),
                                   exclude_self=True)
-        return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"])}
+        spread = space_spread(queries)
+        if spread.collapsed:
+            ctx.reporter.warn(collapse_warning("the student's validation queries", spread))
+        return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"]),
+                "mean_cosine": spread.mean_cosine, "nn_cosine": spread.nn_cosine,
+                "database_mean_cosine": self._val_database_mean_cosine}
 
     def save(self, module: nn.Module, path: Path, ctx: LoopContext,
              result: TrainingResult) -> None:

@@ -379,7 +379,8 @@ class _Runner:
             if key in metrics and (self.best is None
                                    or metrics[key] > self.best["metrics"].get(key, -1.0)):
                 self.best = entry
-            shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items())
+            shown = ", ".join(f"{k} {v:.4f}" if k.endswith("cosine") else  # not a fraction
+                              f"{k} {100 * v:.2f}" for k, v in metrics.items())
             ctx.reporter.log(f"validation after epoch {self.epoch}: {shown}")
             self._log({"event": "val", **entry})
         else:

@@ -238,13 +238,20 @@ class TeacherTask(TrainingTask):
     # -- validation, state, output ----------------------------------------------------------
 
     def validate(self, module: nn.Module, ctx: LoopContext) -> dict[str, float]:
-        """Symmetric R@1 and mAP on ``val`` at ``res`` (each query excluded from its ranking)."""
+        """Symmetric R@1 and mAP on ``val`` at ``res`` (each query excluded from its ranking),
+        and the spread of the val vectors (``mean_cosine``, ``nn_cosine``; a warning when
+        collapsed: :mod:`raml_cli.evaluate.space`)."""
         from raml_cli.evaluate import evaluate_arrays
+        from raml_cli.evaluate.space import collapse_warning, space_spread
 
         vectors = self._embed(module, self.val_samples, ctx, "validating").numpy()
         labels = np.asarray([s.label for s in self.val_samples], dtype=np.int64)
         metrics = evaluate_arrays(vectors, labels, vectors, labels, ks=(1,), exclude_self=True)
-        return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"])}
+        spread = space_spread(vectors)
+        if spread.collapsed:
+            ctx.reporter.warn(collapse_warning("the teacher's validation space", spread))
+        return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"]),
+                "mean_cosine": spread.mean_cosine, "nn_cosine": spread.nn_cosine}
 
     def state_dict(self) -> dict[str, Any]:
         return {"plan_epoch": self.plan_epoch, "plan": self.plan.clone(),

@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from raml_cli.cli.app import app
+from raml_cli.evaluate import space_spread
+from raml_cli.model.files import save_model
+from raml_cli.model.network import NetworkConfig, build_network
 from raml_cli.store import read_embeddings
 
 runner = CliRunner()
@@ -93,3 +97,54 @@ def test_subprocess_with_skip_bad(model_file, image_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["skipped"] == ["001.crow/broken.jpg"] and summary["num_rows"] == 8
+
+
+def test_the_spread_of_the_written_file_is_reported(model_file, image_dir, tmp_path):
+    root, _ = image_dir
+    out = tmp_path / "db.h5"
+    args = ["embed", str(model_file), "--images", str(root), "-o", str(out), "--device", "cpu"]
+    summary = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    expected = space_spread(read_embeddings(out).embeddings)
+    assert summary["space"] == pytest.approx({"mean_cosine": expected.mean_cosine,
+                                              "nn_cosine": expected.nn_cosine})
+    logged = runner.invoke(app, [*args, "-o", str(tmp_path / "again.h5")])
+    assert logged.exit_code == 0, logged.output
+    message = " ".join(logged.stderr.split())
+    assert (f"mean pairwise cosine {expected.mean_cosine:.4f}, nearest-neighbour cosine "
+            f"{expected.nn_cosine:.4f} (8 sampled rows" in message)
+
+
+@pytest.fixture
+def collapsed_model(tmp_path):
+    """A model whose whitening bias outweighs everything: every image maps near one axis."""
+    torch.manual_seed(0)
+    network = build_network(NetworkConfig("resnet10t", whitening=16))
+    with torch.no_grad():
+        network.whitening.bias.zero_()
+        network.whitening.bias[0] = 50.0
+    return save_model(tmp_path / "collapsed.safetensors", network, resolution=48,
+                      role="teacher", dataset="toy", config={"res": 48})
+
+
+def test_a_collapsed_file_is_warned_about(collapsed_model, image_dir, tmp_path):
+    root, _ = image_dir
+    out = tmp_path / "db.h5"
+    result = runner.invoke(app, ["embed", str(collapsed_model), "--images", str(root), "-o",
+                                 str(out), "--device", "cpu", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["space"]["mean_cosine"] > 0.9
+    message = " ".join(result.stderr.split())
+    assert f"the space of {out} is collapsed" in message and "narrow cone" in message
+    assert "asymmetric search will be fragile" in message and "Retrain the teacher" in message
+
+
+def test_the_spread_is_read_back_with_decoding_workers(model_file, image_dir, tmp_path):
+    # Worker processes forked while the file was open share its HDF5 lock; reading the
+    # file back must not trip over them.
+    root, _ = image_dir
+    out = tmp_path / "db.h5"
+    result = runner.invoke(app, ["embed", str(model_file), "--images", str(root), "-o",
+                                 str(out), "--device", "cpu", "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["space"]["mean_cosine"] == pytest.approx(
+        space_spread(read_embeddings(out).embeddings).mean_cosine)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raml_cli.cli.app import app
-from raml_cli.evaluate import evaluate_arrays
+from raml_cli.evaluate import evaluate_arrays, space_spread
 from raml_cli.store import write_embeddings
 
 runner = CliRunner()
@@ -66,13 +66,60 @@ def test_json_is_the_documented_object_and_alone_on_stdout(files):
     assert result.exit_code == 0, result.output
     obj = json.loads(result.stdout)
     assert list(obj) == ["metrics", "num_queries", "num_database", "queries_without_positive",
-                         "self_excluded", "query", "database"]
+                         "self_excluded", "query", "database", "space"]
     expected = evaluate_arrays(files["q_vectors"], files["labels"], files["db_vectors"],
                                files["labels"], (1, 10), exclude_self=True)
     assert obj["metrics"] == pytest.approx(expected)
     assert obj["num_queries"] == obj["num_database"] == 40
     assert obj["queries_without_positive"] == 0 and obj["self_excluded"] is True
     assert obj["query"]["role"] == "student" and obj["database"]["resolution"] == 448
+
+
+def test_json_reports_the_spread_of_both_sides(files):
+    obj = json.loads(run(files["q"], files["db"], "--json").stdout)
+    query, database = space_spread(files["q_vectors"]), space_spread(files["db_vectors"])
+    assert obj["space"] == pytest.approx({"query_mean_cosine": query.mean_cosine,
+                                          "database_mean_cosine": database.mean_cosine,
+                                          "database_nn_cosine": database.nn_cosine})
+    assert obj["space"]["query_mean_cosine"] != obj["space"]["database_mean_cosine"]
+    symmetric = json.loads(run(files["db"], "--json").stdout)["space"]
+    assert symmetric["query_mean_cosine"] == symmetric["database_mean_cosine"]
+    assert symmetric["database_nn_cosine"] == pytest.approx(database.nn_cosine)
+
+
+def test_table_shows_the_spread(files):
+    result = run(files["q"], files["db"], "--quiet")
+    database = space_spread(files["db_vectors"])
+    assert re.search(rf"database nearest neighbour\s+│\s+{database.nn_cosine:.4f}\s",
+                     result.stdout)
+    assert re.search(rf"database mean pairwise\s+│\s+{database.mean_cosine:.4f}\s",
+                     result.stdout)
+    assert "query mean pairwise" in result.stdout
+
+
+def cone_file(tmp_path, name, like):
+    """``like``'s vectors squeezed into a narrow cone around one axis (mean cosine > 0.9)."""
+    axis = np.zeros(like["db_vectors"].shape[1], dtype=np.float32)
+    axis[0] = 1.0
+    squeezed = axis + 0.1 * like["db_vectors"]
+    squeezed /= np.linalg.norm(squeezed, axis=1, keepdims=True)
+    names = [f"c{label}/{i}.jpg" for i, label in enumerate(like["labels"])]
+    return write_embeddings(tmp_path / name, squeezed, like["labels"], names,
+                            {"role": "teacher"})
+
+
+def test_a_collapsed_database_is_warned_about_on_stderr(tmp_path, files):
+    collapsed = cone_file(tmp_path, "cone.h5", files)
+    result = run(files["q"], collapsed, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["space"]["database_mean_cosine"] > 0.9
+    message = " ".join(result.stderr.split())
+    assert f"the database space ({collapsed}) is collapsed" in message
+    assert "narrow cone" in message and "asymmetric search will be fragile" in message
+    assert "Retrain the teacher" in message and "The spread of the space" in message
+    assert "query space" not in message  # the query side is spread out
+    symmetric = run(collapsed)
+    assert f"the space of {collapsed} is collapsed" in " ".join(symmetric.stderr.split())
 
 
 def test_one_file_is_symmetric_and_exclusion_can_be_overridden(files):

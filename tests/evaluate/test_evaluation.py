@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from raml_cli.errors import DataError, InputError
-from raml_cli.evaluate import EvaluationResult, check_ks, evaluate_arrays, evaluate_sets
+from raml_cli.evaluate import (
+    EvaluationResult,
+    check_ks,
+    evaluate_arrays,
+    evaluate_sets,
+    space_spread,
+)
 from raml_cli.store import EmbeddingSet, default_attributes, read_embeddings, write_embeddings
 
 KS = (1, 2, 4, 8, 16)
@@ -197,7 +203,11 @@ def test_json_object_is_exactly_the_documented_one(tmp_path):
     assert isinstance(result, EvaluationResult)
     obj = json.loads(json.dumps(result.to_json()))
     assert list(obj) == ["metrics", "num_queries", "num_database", "queries_without_positive",
-                         "self_excluded", "query", "database"]
+                         "self_excluded", "query", "database", "space"]
     assert list(obj["metrics"]) == ["recall@1", "recall@10", "map", "map_trapezoid", "map@r"]
     assert obj["query"]["resolution"] == 448 and obj["query"]["format"] == "raml-embeddings"
     assert obj["num_queries"] == 90 and obj["self_excluded"] is True
+    spread = space_spread(read_embeddings(path).embeddings)
+    assert obj["space"] == pytest.approx({"query_mean_cosine": spread.mean_cosine,
+                                          "database_mean_cosine": spread.mean_cosine,
+                                          "database_nn_cosine": spread.nn_cosine})

@@ -98,6 +98,22 @@ def test_subprocess_json_only_on_stdout(toy: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_validation_spread_reaches_the_log_and_the_table(toy: Path, tmp_path: Path) -> None:
+    out_file = tmp_path / "t.safetensors"
+    result = runner.invoke(app, ["train-teacher", "--dataset", str(toy), "-o", str(out_file),
+                                 *TINY, "--epochs", "1", "--images-per-epoch", "16",
+                                 "--val-every", "1"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in out_file.with_suffix(".log.jsonl").read_text()
+              .splitlines()]
+    val = next(e["metrics"] for e in events if e["event"] == "val")
+    assert -1 <= val["mean_cosine"] < val["nn_cosine"] <= 1
+    assert f"val mean_cosine (epoch 1) │ {val['mean_cosine']:.4f}" in " ".join(
+        result.stdout.split())
+    assert f"mean_cosine {val['mean_cosine']:.4f}" in result.stderr  # the loop's log line
+
+
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(toy: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

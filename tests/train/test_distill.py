@@ -62,7 +62,14 @@ def test_aug_mode_writes_a_student_of_the_teacher(teacher_file: Path, tmp_path: 
     assert info.config["train_split"] == "fit"
     # Asymmetric validation ran after each epoch, and the log has the loss terms.
     assert [v["epoch"] for v in result.validations] == [1, 2]
-    assert set(result.validations[-1]["metrics"]) == {"recall@1", "map"}
+    assert set(result.validations[-1]["metrics"]) == {
+        "recall@1", "map", "mean_cosine", "nn_cosine", "database_mean_cosine"}
+    # The spread reaches the log: the student's queries, and the teacher's database (the
+    # same number each time: measured once).
+    vals = [r["metrics"] for r in read_log(log_path(out)) if r["event"] == "val"]
+    assert len(vals) == 2 and vals[0]["database_mean_cosine"] == vals[1]["database_mean_cosine"]
+    assert all(-1 <= v["mean_cosine"] < v["nn_cosine"] <= 1 for v in vals)
+    assert vals[0]["mean_cosine"] != vals[1]["mean_cosine"]  # the student's, re-measured
     epochs = [r for r in read_log(log_path(out)) if r["event"] == "epoch"]
     assert {"loss_abs", "loss_ts", "loss_ss"} <= set(epochs[-1])
     assert epochs[-1]["loss_ts"] > 0 and epochs[-1]["loss_ss"] > 0

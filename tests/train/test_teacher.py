@@ -172,3 +172,43 @@ def test_sampler_state_round_trips(toy: Path, tmp_path: Path) -> None:
     first = next(iter(task.batches(0, 1, ctx)))
     again = next(iter(other.batches(0, 1, ctx)))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+class _Recorder:
+    """A reporter that keeps its warnings (the rest of Reporter's interface, silenced)."""
+
+    def __init__(self) -> None:
+        from raml_cli.progress import NULL_REPORTER
+
+        self.warnings: list[str] = []
+        self._null = NULL_REPORTER
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._null, name)
+
+
+def test_validation_reports_the_spread_and_warns_when_collapsed(toy: Path,
+                                                                tmp_path: Path) -> None:
+    from raml_cli.evaluate.space import space_spread
+
+    reporter = _Recorder()
+    ctx = LoopContext(device=torch.device("cpu"), reporter=reporter)  # type: ignore[arg-type]
+    task = TeacherTask(_config(toy, tmp_path / "t.safetensors", val_every=1))
+    network = task.build(ctx).eval()
+    metrics = task.validate(network, ctx)
+    vectors = task._embed(network, task.val_samples, ctx, "again").numpy()
+    spread = space_spread(vectors)
+    assert metrics["mean_cosine"] == pytest.approx(spread.mean_cosine)
+    assert metrics["nn_cosine"] == pytest.approx(spread.nn_cosine)
+    assert {"recall@1", "map"} <= set(metrics) and not spread.collapsed
+    assert reporter.warnings == []
+    with torch.no_grad():  # every image onto one axis: a collapsed space
+        network.whitening.bias.zero_()
+        network.whitening.bias[0] = 50.0
+    collapsed = task.validate(network, ctx)
+    assert collapsed["mean_cosine"] > 0.9
+    assert len(reporter.warnings) == 1 and "collapsed" in reporter.warnings[0]
+    assert "asymmetric search will be fragile" in reporter.warnings[0]
