@@ -85,6 +85,9 @@ def command(
     device: DeviceOpt = "auto",
     val_every: T.ValEvery = None,
     checkpoint_every: T.CheckpointEvery = 0,
+    keep: T.Keep = None,
+    patience: T.Patience = None,
+    tensorboard: T.TensorBoard = None,
     resume: ResumeOpt = False,
     root: Annotated[Path | None, typer.Option(
         "--root", help="Folder that holds the datasets; default: the teacher's, else "
@@ -109,7 +112,8 @@ def command(
         mixup=0.0 if no_mixup else mixup, lambda1=lambda1, lambda2=lambda2, epochs=epochs,
         lr=lr, weight_decay=weight_decay, batch_size=batch_size, accumulate=accumulate,
         images_per_epoch=images_per_epoch, workers=workers, seed=seed, device=device,
-        val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
+        val_every=val_every, checkpoint_every=checkpoint_every, resume=resume, keep=keep,
+        patience=patience, tensorboard=tensorboard,
     )
     result = distill_result(config, Reporter(quiet=quiet))
     print_training_result(result, "student distilled", "final loss (sum over a micro-batch)",

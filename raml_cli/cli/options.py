@@ -103,7 +103,8 @@ class TrainingOptionTypes:
             f"The {model} model file to write; the checkpoint (.ckpt) and the log "
             "(.log.jsonl) go beside it."))]
         self.Preset = Annotated[str | None, typer.Option("--preset", help=(
-            f"{preset_help} Options given explicitly still win."))]
+            f"{preset_help} Or the path of a JSON file of options (e.g. best.json of "
+            "`raml tune`). Options given explicitly still win."))]
         self.Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help=with_default(
             f"Epochs (of --images-per-epoch {unit}).", d, "epochs"))]
         self.Lr = Annotated[float | None, typer.Option("--lr", help=with_default(
@@ -130,3 +131,13 @@ class TrainingOptionTypes:
         self.CheckpointEvery = Annotated[int, typer.Option(
             "--checkpoint-every", min=0, help="Also checkpoint every N optimiser steps (a "
             "checkpoint is always written after every epoch).")]
+        self.Keep = Annotated[str | None, typer.Option("--keep", help=(
+            f"Which {model} the output file holds: best (the best validation's, by "
+            "recall@1; its epoch and metrics are recorded in the file) or last. [default: "
+            "best with --val-every, else last]"))]
+        self.Patience = Annotated[int | None, typer.Option("--patience", min=0, help=(
+            "Stop when N validations in a row did not beat the best (needs --val-every). "
+            f"{with_default('0: never stop early.', d, 'patience')}"))]
+        self.TensorBoard = Annotated[Path | None, typer.Option("--tensorboard", help=(
+            "Also write loss, lr, images/s and every validation metric as TensorBoard "
+            "scalars to this folder (needs `pip install 'raml[tensorboard]'`)."))]

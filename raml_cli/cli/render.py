@@ -80,9 +80,15 @@ def print_training_result(result: Any, title: str, loss_label: str, val_label: s
         rows += [[f"{val_label} {k} (epoch {last['epoch']})",
                   f"{v:.4f}" if k.endswith("cosine") else percent(v)]  # cosines: not %
                  for k, v in last["metrics"].items()]
-        best = result.best
-        if best is not None and best["metrics"].get("recall@1", 0.0) > \
-                last["metrics"].get("recall@1", 0.0):
-            rows += [[f"best {val_label} recall@1 (epoch {best['epoch']}; not saved)",
-                      percent(best["metrics"].get("recall@1"))]]
+        best, kept = result.best, getattr(result, "kept", None) or {}
+        key = kept.get("metric", "recall@1")
+        if kept.get("keep") == "best":
+            rows += [[f"saved: best {val_label} {key} (epoch {kept['epoch']})",
+                      percent(kept["metrics"].get(key))]]
+        elif best is not None and best["metrics"].get(key, 0.0) > \
+                last["metrics"].get(key, 0.0):
+            rows += [[f"best {val_label} {key} (epoch {best['epoch']}; not saved)",
+                      percent(best["metrics"].get(key))]]
+        if getattr(result, "stopped_early", False):
+            rows += [["stopped early (--patience)", f"after epoch {result.epochs}"]]
     print_table(title, ["", "value"], rows)

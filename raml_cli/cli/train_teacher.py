@@ -87,6 +87,9 @@ def command(
     device: DeviceOpt = "auto",
     val_every: T.ValEvery = None,
     checkpoint_every: T.CheckpointEvery = 0,
+    keep: T.Keep = None,
+    patience: T.Patience = None,
+    tensorboard: T.TensorBoard = None,
     resume: ResumeOpt = False,
     root: RootOpt = D["root"],
     quiet: QuietOpt = False,
@@ -109,7 +112,8 @@ def command(
         samples_per_class=samples_per_class, negatives=negatives, margin=margin,
         batch_size=batch_size, accumulate=accumulate, images_per_epoch=images_per_epoch,
         pool_size=pool_size, workers=workers, seed=seed, device=device, val_every=val_every,
-        checkpoint_every=checkpoint_every, resume=resume,
+        checkpoint_every=checkpoint_every, resume=resume, keep=keep, patience=patience,
+        tensorboard=tensorboard,
     )
     result = train_teacher_result(config, Reporter(quiet=quiet))
     print_training_result(result, "teacher trained", "final loss", "val", json_out)

@@ -299,6 +299,7 @@ class DistillTask(TrainingTask):
         if spread.collapsed:
             ctx.reporter.warn(collapse_warning("the student's validation queries", spread))
         return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"]),
+                "map@r": float(metrics["map@r"]),
                 "mean_cosine": spread.mean_cosine, "nn_cosine": spread.nn_cosine,
                 "database_mean_cosine": self._val_database_mean_cosine}
 
@@ -310,6 +311,7 @@ class DistillTask(TrainingTask):
         config.update({"dataset": self.dataset_spec, "root": str(self.root),
                        "database_res": self.database_res, "train_split": self.train_split,
                        "world_size": ctx.world_size})
+        config["kept"] = result.kept  # which epoch's model this is, and its validation
         save_model(path, module, resolution=self.config.query_res, role="student",
                    dataset=self.dataset_name, config=config, teacher_sha256=self.teacher_sha256)
 
@@ -343,18 +345,22 @@ def distill(config: DistillConfig, reporter: Reporter = NULL_REPORTER,
 
 
 def distill_result(config: DistillConfig, reporter: Reporter = NULL_REPORTER,
-                   teacher_info: Any = None) -> TrainingResult:
+                   teacher_info: Any = None, on_validation: Any = None) -> TrainingResult:
     """Like :func:`distill`, returning the loop's :class:`TrainingResult`.
 
     ``teacher_info``: the teacher's :class:`~raml_cli.model.files.ModelInfo` when the
     caller has read it already (it is read, and the file hashed, otherwise).
+    ``on_validation``: the loop's hook, called with ``(epoch, metrics)`` after each
+    validation (:class:`~raml_cli.train.loop.LoopConfig`).
     """
     config.check()
     task = DistillTask(config, reporter, teacher_info)
     if task.database_res < config.query_res:
         reporter.warn(f"The query resolution {config.query_res} is above the database "
                       f"resolution {task.database_res}: RAML is meant for small queries.")
-    return run_training(task, config.loop_config(), reporter)
+    loop = config.loop_config()
+    loop.on_validation = on_validation
+    return run_training(task, loop, reporter)
 
 
 __all__ = ["DistillConfig", "DistillTask", "describe_distillation", "distill", "distill_result",

@@ -12,8 +12,8 @@ A task plugs in through the contract of :mod:`raml_cli.train.task` (what it prov
 the determinism that makes ``--resume`` bit-exact).
 
 Files (rank 0 alone writes): the final model at ``config.output`` (written by the
-task; the *last* model, not the best validated one, because the one-cycle schedule
-ends at a tiny learning rate and the best epoch is recorded in the log), a checkpoint
+task; with validation the best validated model by default, ``keep="last"`` for the last
+one; which one, its epoch and metrics are in ``TrainingResult.kept``), a checkpoint
 ``OUT_STEM.ckpt`` beside it (removed when the run finishes) and the log
 ``OUT_STEM.log.jsonl`` (:mod:`raml_cli.train.runlog`).
 """
@@ -24,7 +24,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,15 @@ class LoopConfig:
         flush_denormal: on the CPU, flush denormal floats to zero while training (restored
             after). Tiny activations and gradients of small or freshly initialised networks
             otherwise become denormals, which the CPU computes with up to 100x slower.
+        keep: ``best`` (the model of the best validation is written) or ``last``; None:
+            ``best`` when validating, else ``last``.
+        patience: stop after this many validations in a row without a new best (0: never).
+        monitor: the validation metric (higher is better) that decides the best model and
+            patience; None: the task's :attr:`~TrainingTask.primary_metric`.
+        tensorboard: a folder to mirror the log's scalars into as TensorBoard events.
+        on_validation: called on rank 0 after each validation with ``(epoch, metrics)``
+            (e.g. to report to a hyper-parameter search); an exception it raises ends the
+            run (the checkpoint is kept).
     """
 
     output: Path
@@ -106,11 +116,22 @@ class LoopConfig:
     mixed_precision: bool = True
     threads: int | None = None
     flush_denormal: bool = True
+    keep: str | None = None
+    patience: int = 0
+    monitor: str | None = None
+    tensorboard: Path | None = None
+    on_validation: Callable[[int, dict[str, float]], None] | None = None
+
+    @property
+    def kept(self) -> str:
+        """``best`` or ``last``: what the model file holds (``keep`` resolved)."""
+        return self.keep or ("best" if self.val_every else "last")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able copy (paths as strings)."""
-        out = asdict(self)
+        """JSON-able copy (paths as strings; the callback left out)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_validation"}
         out["output"] = str(self.output)
+        out["tensorboard"] = None if self.tensorboard is None else str(self.tensorboard)
         return out
 
 
@@ -146,6 +167,9 @@ class _Runner:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        # The best validation's weights (CPU), kept with keep="best" and in checkpoints.
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.scalars: Any = None  # the TensorBoard writer, when asked for
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -161,6 +185,8 @@ class _Runner:
                 return self._run(setup, started)
         finally:
             self.task.close()
+            if self.scalars is not None:
+                self.scalars.close()
             if flush:
                 torch.set_flush_denormal(flushing_before)
             shutdown_distributed()
@@ -211,21 +237,54 @@ class _Runner:
         else:
             model = module
         last_loss, last_rate = float("nan"), 0.0
-        while self.epoch < cfg.epochs:
+        stopped_early = self._out_of_patience()
+        while self.epoch < cfg.epochs and not stopped_early:
             last_loss, last_rate = self._train_epoch(model)
             self._end_of_epoch()
+            stopped_early = self._out_of_patience()
+        if stopped_early:
+            ctx.reporter.log(f"no better validation {cfg.patience} time(s) in a row "
+                             f"(--patience {cfg.patience}): stopped after epoch {self.epoch}")
+            self._log({"event": "early_stop", "epoch": self.epoch, "step": self.global_step,
+                       "patience": cfg.patience, "best_epoch": self.best["epoch"]})
+        kept = self._kept_record()
         result = TrainingResult(
             output=self.output, log=self.log, epochs=self.epoch, steps=self.global_step,
             final_loss=last_loss, images_per_second=last_rate, validations=self.history,
             best=self.best, seconds=time.perf_counter() - started, resumed_from=resumed_from,
+            kept=kept, stopped_early=stopped_early,
         )
         if ctx.is_main:
+            if kept["keep"] == "best" and self.best_state is not None:
+                module.load_state_dict(self.best_state)
             module.eval()
             self.task.save(module, self.output, ctx, result)
             self._log({"event": "end", **result.to_dict()})
             self.checkpoint.unlink(missing_ok=True)
         barrier()
         return result
+
+    def _kept_record(self) -> dict[str, Any]:
+        """What the model file holds: ``{"keep", "epoch", "step", "metric", "metrics"}``."""
+        best = self.config.kept == "best" and self.best is not None
+        entry = self.best if best else (self.history[-1] if self.history and
+                                        self.history[-1]["epoch"] == self.epoch else None)
+        return {"keep": "best" if best else "last",
+                "epoch": entry["epoch"] if entry else self.epoch,
+                "step": entry["step"] if entry else self.global_step,
+                "metric": self._monitor(),
+                "metrics": dict(entry["metrics"]) if entry else None}
+
+    def _monitor(self) -> str:
+        return self.config.monitor or self.task.primary_metric
+
+    def _out_of_patience(self) -> bool:
+        """Whether the last ``patience`` validations all failed to beat the best."""
+        patience = self.config.patience
+        if not patience or self.best is None or not self.history:
+            return False
+        since = [entry for entry in self.history if entry["epoch"] > self.best["epoch"]]
+        return len(since) >= patience
 
     def _preflight(self) -> None:
         """Fail before any work: unwritable output, a stale checkpoint, no checkpoint."""
@@ -245,6 +304,10 @@ class _Runner:
         if self.config.resume and not self.checkpoint.exists():
             self.ctx.reporter.warn(f"--resume: no checkpoint at {self.checkpoint}; starting "
                                    "from the beginning.")
+        if self.config.tensorboard is not None and self.ctx.is_main:
+            from raml_cli.train.scalars import TensorBoardScalars
+
+            self.scalars = TensorBoardScalars(self.config.tensorboard)
 
     def _signature(self) -> dict[str, Any]:
         return run_signature(self.task.role, self.task.describe(), self.config.to_dict(),
@@ -277,6 +340,7 @@ class _Runner:
         self.global_step = int(state["global_step"])
         saved = json.loads(state["history"])
         self.history, self.best = saved["validations"], saved["best"]
+        self.best_state = state.get("best_model")
         self.ctx.reporter.log(f"resumed from {self.checkpoint}: epoch {self.epoch + 1}, "
                               f"step {self.global_step}")
         self._log({"event": "resume", "epoch": self.epoch, "micro_batch": self.micro_batch,
@@ -375,14 +439,21 @@ class _Runner:
                 metrics = {k: float(v) for k, v in task.validate(self.module, ctx).items()}
             self.module.train()
             entry = {"epoch": self.epoch, "step": self.global_step, "metrics": metrics}
-            key = task.primary_metric
-            if key in metrics and (self.best is None
-                                   or metrics[key] > self.best["metrics"].get(key, -1.0)):
+            key = self._monitor()
+            if key not in metrics:
+                raise InputError(f"The validation metric {key!r} is not measured by this "
+                                 f"training; it measures {', '.join(metrics)}.")
+            if self.best is None or metrics[key] > self.best["metrics"].get(key, -1.0):
                 self.best = entry
+                if self.config.kept == "best":
+                    self.best_state = {k: v.detach().cpu().clone()
+                                       for k, v in self.module.state_dict().items()}
             shown = ", ".join(f"{k} {v:.4f}" if k.endswith("cosine") else  # not a fraction
                               f"{k} {100 * v:.2f}" for k, v in metrics.items())
             ctx.reporter.log(f"validation after epoch {self.epoch}: {shown}")
             self._log({"event": "val", **entry})
+            if self.config.on_validation is not None:
+                self.config.on_validation(self.epoch, dict(metrics))
         else:
             entry = None
         # Every rank keeps the same history, so the result is the same on all of them.
@@ -418,6 +489,7 @@ class _Runner:
             "task": self.task.state_dict(),
             "rng": pack_rng_state(rng_state()),
             "history": json.dumps({"validations": self.history, "best": self.best}),
+            "best_model": self.best_state,
         })
         self._log({"event": "checkpoint", "epoch": self.epoch, "micro_batch": self.micro_batch,
                    "step": self.global_step, "path": str(self.checkpoint)})
@@ -425,6 +497,8 @@ class _Runner:
     def _log(self, record: dict[str, Any]) -> None:
         if self.ctx.is_main:
             log_line(self.log, record)
+            if self.scalars is not None:
+                self.scalars.write(record)
 
 
 def _flushing_denormals() -> bool:
@@ -451,6 +525,13 @@ def _check_config(config: LoopConfig) -> None:
          f"--checkpoint-every must be >= 0 (got {config.checkpoint_every})."),
         (config.workers >= 0, f"--workers must be >= 0 (got {config.workers})."),
         (0 < config.pct_start < 1, f"pct_start must be in (0, 1) (got {config.pct_start})."),
+        (config.keep in (None, "best", "last"),
+         f"--keep must be best or last (got {config.keep!r})."),
+        (config.keep != "best" or config.val_every > 0,
+         "--keep best needs validation: add --val-every N (or use --keep last)."),
+        (config.patience >= 0, f"--patience must be >= 0 (got {config.patience})."),
+        (config.patience == 0 or config.val_every > 0,
+         "--patience needs validation: add --val-every N."),
     ]
     for ok, message in checks:
         if not ok:

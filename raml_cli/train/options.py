@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 from raml_cli.errors import InputError
 
 PRESET_NAMES = ("paper",)
+#: ``--keep``: which model the output file holds.
+KEEP_CHOICES = ("best", "last")
 
 
 @dataclass(kw_only=True)
@@ -43,6 +45,13 @@ class TrainingOptions:
         embed_batch_size: images per forward pass when embedding without gradients
             (mining pools, cached teacher vectors, validation).
         threads: CPU threads for PyTorch (None: leave as is).
+        keep: which model the output file holds: ``best`` (the best validation's) or
+            ``last``; None: ``best`` when validating, else ``last``.
+        patience: stop when this many validations in a row did not improve the best
+            (0: never stop early).
+        monitor: the validation metric that decides the best model and patience (None:
+            the training's own, ``recall@1``).
+        tensorboard: also write TensorBoard scalars to this folder (None: no).
         preset: the preset whose values were applied (recorded only).
     """
 
@@ -62,6 +71,10 @@ class TrainingOptions:
     resume: bool = False
     embed_batch_size: int = 64
     threads: int | None = None
+    keep: str | None = None
+    patience: int = 0
+    monitor: str | None = None
+    tensorboard: Path | None = None
     preset: str | None = None
 
     #: ``--preset paper``: the reference's values per catalogue dataset.
@@ -69,7 +82,7 @@ class TrainingOptions:
     #: Options that do not change what is computed (a run may resume with other values).
     RUNTIME_OPTIONS: ClassVar[tuple[str, ...]] = (
         "output", "root", "workers", "device", "resume", "checkpoint_every",
-        "embed_batch_size", "threads", "preset")
+        "embed_batch_size", "threads", "preset", "tensorboard")
 
     # -- construction ------------------------------------------------------------------------
 
@@ -86,7 +99,9 @@ class TrainingOptions:
         Args:
             required: the values of the options that have no default, in order (a
                 teacher's dataset; a student's teacher file and query resolution).
-            preset: ``paper`` (the reference's values for the dataset) or ``None``.
+            preset: ``paper`` (the reference's values for the dataset), the path of a JSON
+                file holding an object of options (e.g. ``best.json`` of ``raml tune``) or
+                ``None``.
             given: the options the user set; ``None`` values are ignored, so a preset
                 never overrides an explicit option.
 
@@ -112,7 +127,7 @@ class TrainingOptions:
     def preset_values(cls, preset: str, options: dict[str, Any]) -> dict[str, Any]:
         """The values ``preset`` sets for a run with ``options`` (before the user's own)."""
         if preset not in PRESET_NAMES:
-            raise InputError(f"Unknown preset {preset!r}. Choose: {', '.join(PRESET_NAMES)}.")
+            return cls.preset_file_values(Path(preset))
         dataset = cls.preset_dataset(options)
         if dataset not in cls.PAPER_PRESETS:
             raise InputError(
@@ -126,6 +141,46 @@ class TrainingOptions:
     def preset_dataset(cls, options: dict[str, Any]) -> str | None:
         """The dataset whose preset values apply to a run with ``options``."""
         return options.get("dataset")
+
+    @classmethod
+    def preset_file_values(cls, path: Path) -> dict[str, Any]:
+        """The options of a preset file: a JSON object ``{"lr": 1.5e-4, ...}``.
+
+        Every key must be an option of this training; the run's required options, its
+        output and ``resume`` cannot be preset.
+        """
+        import json
+
+        if not path.is_file():
+            raise InputError(f"Unknown preset {str(path)!r}: give {', '.join(PRESET_NAMES)} or "
+                             "the path of a JSON file of options (e.g. best.json written by "
+                             "`raml tune`).")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"The preset file {path} is not readable JSON ({err}). It must "
+                             "hold one JSON object of options, e.g. {\"lr\": 1.5e-4}.") from None
+        if not isinstance(values, dict):
+            raise InputError(f"The preset file {path} must hold one JSON object of options, "
+                             "e.g. {\"lr\": 1.5e-4}.")
+        allowed = cls.presettable_options()
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise InputError(f"The preset file {path} sets {', '.join(unknown)}, which "
+                             f"{cls.__name__} cannot take from a preset. Allowed: "
+                             f"{', '.join(sorted(allowed))}.")
+        kinds = {f.name: f.type for f in fields(cls)}
+        for key, value in values.items():
+            if "Path" in str(kinds[key]) and isinstance(value, str):
+                values[key] = Path(value)
+        return values
+
+    @classmethod
+    def presettable_options(cls) -> set[str]:
+        """The options a preset file may set."""
+        required = {f.name for f in fields(cls) if f.default is MISSING
+                    and f.default_factory is MISSING and not f.kw_only}
+        return {f.name for f in fields(cls)} - required - {"output", "resume", "preset"}
 
     # -- what the run records ----------------------------------------------------------------
 
@@ -147,6 +202,8 @@ class TrainingOptions:
             weight_decay=self.weight_decay, accumulate=self.accumulate, seed=self.seed,
             device=self.device, workers=self.workers, val_every=self.val_every,
             checkpoint_every=self.checkpoint_every, resume=self.resume, threads=self.threads,
+            keep=self.keep, patience=self.patience, monitor=self.monitor,
+            tensorboard=None if self.tensorboard is None else Path(self.tensorboard),
         )
 
     # -- checks ------------------------------------------------------------------------------
@@ -166,6 +223,15 @@ class TrainingOptions:
             (self.images_per_epoch >= 0,
              f"--images-per-epoch must be >= 0, got {self.images_per_epoch}."),
             (self.embed_batch_size >= 1, "embed_batch_size must be at least 1."),
+            (self.keep in (None, *KEEP_CHOICES),
+             f"--keep must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}."),
+            (self.keep != "best" or self.val_every > 0,
+             "--keep best keeps the best validated model, so it needs validation: add "
+             "--val-every N (or use --keep last)."),
+            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}."),
+            (self.patience == 0 or self.val_every > 0,
+             "--patience counts validations without improvement, so it needs validation: add "
+             "--val-every N."),
         ]
 
 

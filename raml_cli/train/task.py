@@ -231,6 +231,10 @@ class TrainingResult:
         best: the validation with the best primary metric (None without validation).
         seconds: wall-clock time of this invocation.
         resumed_from: ``(epoch, step_in_epoch)`` of the checkpoint resumed, or None.
+        kept: what the model file holds: ``{"keep": "best"|"last", "epoch", "step",
+            "metric", "metrics"}`` (the validation of that epoch, None when it had none);
+            tasks record it in the model file's ``config`` under ``kept``.
+        stopped_early: the run stopped before ``epochs`` for lack of patience.
     """
 
     output: Path
@@ -243,6 +247,8 @@ class TrainingResult:
     best: dict[str, Any] | None = None
     seconds: float = 0.0
     resumed_from: tuple[int, int] | None = None
+    kept: dict[str, Any] | None = None
+    stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

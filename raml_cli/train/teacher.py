@@ -251,6 +251,7 @@ class TeacherTask(TrainingTask):
         if spread.collapsed:
             ctx.reporter.warn(collapse_warning("the teacher's validation space", spread))
         return {"recall@1": float(metrics["recall@1"]), "map": float(metrics["map"]),
+                "map@r": float(metrics["map@r"]),
                 "mean_cosine": spread.mean_cosine, "nn_cosine": spread.nn_cosine}
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,6 +272,7 @@ class TeacherTask(TrainingTask):
 
         config = self.config.to_dict()
         config.update({"train_split": self.train_split, "world_size": ctx.world_size})
+        config["kept"] = result.kept  # which epoch's model this is, and its validation
         save_model(path, module, resolution=self.config.res, role="teacher",
                    dataset=self.dataset_name, config=config)
 
@@ -287,8 +289,14 @@ def train_teacher(config: TeacherConfig, reporter: Reporter = NULL_REPORTER) -> 
     return train_teacher_result(config, reporter).output
 
 
-def train_teacher_result(config: TeacherConfig,
-                         reporter: Reporter = NULL_REPORTER) -> TrainingResult:
-    """Like :func:`train_teacher`, returning the loop's :class:`TrainingResult`."""
+def train_teacher_result(config: TeacherConfig, reporter: Reporter = NULL_REPORTER,
+                         on_validation: Any = None) -> TrainingResult:
+    """Like :func:`train_teacher`, returning the loop's :class:`TrainingResult`.
+
+    ``on_validation``: the loop's hook, called with ``(epoch, metrics)`` after each
+    validation (:class:`~raml_cli.train.loop.LoopConfig`).
+    """
     config.check()
-    return run_training(TeacherTask(config, reporter), config.loop_config(), reporter)
+    loop = config.loop_config()
+    loop.on_validation = on_validation
+    return run_training(TeacherTask(config, reporter), loop, reporter)
