@@ -97,6 +97,19 @@ def register(name: str, fn: Callable[..., Any], examples: str = "", **kwargs: An
     app.command(name=name, help=text, **kwargs)(handle_errors(fn))
 
 
+def register_group(name: str, help_text: str, commands: list[tuple[str, Any, str]],
+                   examples: str = "") -> None:
+    """Register ``raml NAME SUB`` for each ``(SUB, fn, examples)`` of ``commands``."""
+    group = typer.Typer(help="\n\n".join(p for p in (help_text, examples.strip("\n")) if p),
+                        no_args_is_help=True, rich_markup_mode="markdown",
+                        context_settings={"help_option_names": ["-h", "--help"]})
+    for sub, fn, sub_examples in commands:
+        text = "\n\n".join(part for part in (inspect.getdoc(fn), sub_examples.strip("\n"))
+                           if part)
+        group.command(name=sub, help=text)(handle_errors(fn))
+    app.add_typer(group, name=name)
+
+
 def _register_all() -> None:
     # One import and one register() line per command; each module defines `command` and
     # `EXAMPLES`.
@@ -106,6 +119,10 @@ def _register_all() -> None:
                          ("embed", embed), ("info", info), ("evaluate", evaluate),
                          ("distill", distill), ("demo", demo)):
         register(name, module.command, examples=module.EXAMPLES)
+    from raml_cli.cli import log, tune
+
+    register("log", log.command, examples=log.EXAMPLES)
+    register_group("tune", tune.HELP, tune.COMMANDS, examples=tune.EXAMPLES)
 
 
 _register_all()

@@ -102,11 +102,25 @@ def command(
     dataset, architecture and database resolution come from the teacher's file. The
     student file records role=student, its resolution and the teacher's sha256.
     """
+    options = dict(locals())  # every option, first thing: `raml tune` reuses them
     from raml_cli.cli.render import print_training_result
     from raml_cli.progress import Reporter
     from raml_cli.train.distill import distill_result
 
-    config = DistillConfig.from_options(
+    del options["quiet"], options["json_out"]
+    config = config_from_options(**options)
+    result = distill_result(config, Reporter(quiet=quiet))
+    print_training_result(result, "student distilled", "final loss (sum over a micro-batch)",
+                          "val asymmetric", json_out)
+
+
+def config_from_options(*, teacher, query_res, output, preset, dataset, database_res, init,
+                        mode, augs, mixup, no_mixup, lambda1, lambda2, epochs, lr, weight_decay,
+                        batch_size, accumulate, images_per_epoch, workers, seed, device,
+                        val_every, checkpoint_every, keep, patience, tensorboard, resume,
+                        root) -> DistillConfig:
+    """The engine's options from the command's (what `raml tune distill` shares)."""
+    return DistillConfig.from_options(
         teacher, query_res, preset=preset, output=output, dataset=dataset,
         database_res=database_res, root=root, init=init, mode=mode, augs=augs,
         mixup=0.0 if no_mixup else mixup, lambda1=lambda1, lambda2=lambda2, epochs=epochs,
@@ -115,7 +129,4 @@ def command(
         val_every=val_every, checkpoint_every=checkpoint_every, resume=resume, keep=keep,
         patience=patience, tensorboard=tensorboard,
     )
-    result = distill_result(config, Reporter(quiet=quiet))
-    print_training_result(result, "student distilled", "final loss (sum over a micro-batch)",
-                          "val asymmetric", json_out)
 

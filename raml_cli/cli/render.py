@@ -92,3 +92,34 @@ def print_training_result(result: Any, title: str, loss_label: str, val_label: s
         if getattr(result, "stopped_early", False):
             rows += [["stopped early (--patience)", f"after epoch {result.epochs}"]]
     print_table(title, ["", "value"], rows)
+
+
+def print_tune_result(result: Any, params: Sequence[str], json_out: bool) -> None:
+    """Report a finished search: its trials best first, the best options and the files."""
+    if json_out:
+        print_json(result.to_dict())
+        return
+    rows = []
+    for trial in result.trials:
+        values = [_short(trial["params"].get(name)) for name in params]
+        note = "given" if trial["given"] else (f"re-run of {trial['retry_of']}"
+                                               if trial["retry_of"] is not None else "")
+        rows.append([trial["number"], trial["state"], percent(trial["value"]), *values,
+                     "-" if trial["kept_epoch"] is None else trial["kept_epoch"],
+                     "-" if trial["seconds"] is None else f"{trial['seconds']:.1f}", note])
+    print_table(f"trials of study {result.study!r} ({result.objective}, %)",
+                ["trial", "state", result.objective, *params, "epoch kept", "seconds", ""],
+                rows, caption=f"storage {result.storage}; {result.ran} trial(s) run now")
+    if result.best is not None:
+        best = result.best
+        summary = [["best trial", str(best["number"])],
+                   [f"best {result.objective}", percent(best["value"])],
+                   *[[name, _short(value)] for name, value in best["params"].items()],
+                   ["model", str(best["model"])], ["best options (--preset)",
+                                                   str(result.best_json)],
+                   ["picture", str(result.plot)]]
+        print_table("best", ["", "value"], summary)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

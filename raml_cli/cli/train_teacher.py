@@ -100,13 +100,26 @@ def command(
     The model file records role=teacher, the resolution, the dataset and every option.
     The same command runs on several GPUs under torchrun (one process per GPU).
     """
+    options = dict(locals())  # every option, first thing: `raml tune` reuses them
     from raml_cli.cli.render import print_training_result
     from raml_cli.progress import Reporter
     from raml_cli.train.teacher import train_teacher_result
 
+    del options["quiet"], options["json_out"]
+    config = config_from_options(**options)
+    result = train_teacher_result(config, Reporter(quiet=quiet))
+    print_training_result(result, "teacher trained", "final loss", "val", json_out)
+
+
+def config_from_options(*, dataset, output, preset, arch, pool, dim, pretrained, init_weights,
+                        res, epochs, lr, weight_decay, samples_per_class, negatives, margin,
+                        batch_size, accumulate, images_per_epoch, pool_size, workers, seed,
+                        device, val_every, checkpoint_every, keep, patience, tensorboard,
+                        resume, root) -> TeacherConfig:
+    """The engine's options from the command's (what `raml tune train-teacher` shares)."""
     init = str(init_weights) if init_weights is not None else (
         None if pretrained is None else ("pretrained" if pretrained else "none"))
-    config = TeacherConfig.from_options(
+    return TeacherConfig.from_options(
         dataset, preset=preset, output=output, root=root, arch=arch, pool=pool, dim=dim,
         init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay,
         samples_per_class=samples_per_class, negatives=negatives, margin=margin,
@@ -115,5 +128,3 @@ def command(
         checkpoint_every=checkpoint_every, resume=resume, keep=keep, patience=patience,
         tensorboard=tensorboard,
     )
-    result = train_teacher_result(config, Reporter(quiet=quiet))
-    print_training_result(result, "teacher trained", "final loss", "val", json_out)
