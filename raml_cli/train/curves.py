@@ -74,6 +74,9 @@ def plot_run(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
         loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6,
                   label="step")
         rate.plot([r["step"] for r in steps], [r["lr"] for r in steps])
+    else:  # step records come every 10 optimiser steps: a short run may have none
+        rate.text(0.5, 0.5, "no step records\n(logged every 10 optimiser steps)",
+                  ha="center", va="center", transform=rate.transAxes, fontsize=9)
     if epochs:
         loss.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], "o-",
                   label="epoch mean")

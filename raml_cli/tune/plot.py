@@ -35,7 +35,7 @@ def plot_trials(rows: list[dict[str, Any]], space: list[Parameter], objective: s
             label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{objective} (%)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     for ax, param in zip(axes[0][1:], space, strict=True):
         _scatter(ax, [r["params"].get(param.name) for r in scored], scored)
         if param.log:
