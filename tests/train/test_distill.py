@@ -63,7 +63,7 @@ def test_aug_mode_writes_a_student_of_the_teacher(teacher_file: Path, tmp_path: 
     # Asymmetric validation ran after each epoch, and the log has the loss terms.
     assert [v["epoch"] for v in result.validations] == [1, 2]
     assert set(result.validations[-1]["metrics"]) == {
-        "recall@1", "map", "mean_cosine", "nn_cosine", "database_mean_cosine"}
+        "recall@1", "map", "map@r", "mean_cosine", "nn_cosine", "database_mean_cosine"}
     # The spread reaches the log: the student's queries, and the teacher's database (the
     # same number each time: measured once).
     vals = [r["metrics"] for r in read_log(log_path(out)) if r["event"] == "val"]
