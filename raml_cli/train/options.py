@@ -152,9 +152,9 @@ class TrainingOptions:
         import json
 
         if not path.is_file():
-            raise InputError(f"Unknown preset {str(path)!r}: give {', '.join(PRESET_NAMES)} or "
-                             "the path of a JSON file of options (e.g. best.json written by "
-                             "`raml tune`).")
+            raise InputError(f"Unknown preset {str(path)!r}. Choose: {', '.join(PRESET_NAMES)}, "
+                             "or give the path of a JSON file of options (e.g. best.json "
+                             "written by `raml tune`).")
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:

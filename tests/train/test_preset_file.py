@@ -33,7 +33,7 @@ def test_a_bad_preset_file_is_refused(tmp_path: Path, text: str, message: str) -
 
 
 def test_an_unknown_preset_names_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="paper or the path of a JSON file"):
+    with pytest.raises(InputError, match="Choose: paper, or give the path of a JSON file"):
         TeacherConfig.from_options("toy", preset=str(tmp_path / "missing.json"))
 
 
