@@ -45,6 +45,7 @@ def test_the_same_seed_builds_the_same_ivf(synthetic_db, tmp_path) -> None:
     assert a.info.search_params == b.info.search_params
 
 
+@pytest.mark.slow
 def test_ivfpq_over_50k_rows_reaches_the_recall_it_reports(tmp_path) -> None:
     x = clustered(50_000, 16, seed=4, clusters=200)
     db = write_embeddings(tmp_path / "db.h5", x, np.zeros(50_000, np.int64),
