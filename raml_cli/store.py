@@ -451,3 +451,72 @@ def _check_rows(embeddings: np.ndarray, file: Path) -> tuple[np.ndarray, int]:
     if count:
         embeddings = embeddings / norms[:, None].astype(np.float32)
     return embeddings, count
+
+
+@dataclass
+class EmbeddingRows:
+    """Everything of an embeddings file except the vectors (for streaming readers).
+
+    Attributes:
+        num, dim: the shape of ``/embeddings``.
+        labels: int64 ``[N]``; ``paths``: ``N`` strings; ``attrs``: the root attributes.
+    """
+
+    num: int
+    dim: int
+    labels: np.ndarray
+    paths: list[str]
+    attrs: dict[str, Any]
+    source: Path
+
+
+def read_rows(path: str | os.PathLike) -> EmbeddingRows:
+    """The labels, paths, attributes and shape of an embeddings file, without its vectors.
+
+    The same checks as :func:`read_embeddings` on everything but the values of the rows
+    (those are checked block by block by :func:`iter_checked_blocks`), so memory does not
+    grow with ``N x D``.
+    """
+    file = Path(path)
+    with _open(file) as handle:
+        attrs = _check_header(handle, file)
+        for name in ("embeddings", "labels", "paths"):
+            if not isinstance(handle.get(name), h5py.Dataset):
+                raise FormatError(f"{file} lacks the dataset /{name} that every raml "
+                                  "embeddings file has.")
+        emb_ds, lab_ds, path_ds = handle["embeddings"], handle["labels"], handle["paths"]
+        if emb_ds.ndim != 2 or emb_ds.dtype.kind != "f":
+            raise FormatError(f"/embeddings in {file} must be a float32 [N, D] matrix; found "
+                              f"dtype {emb_ds.dtype} with shape {emb_ds.shape}.")
+        if lab_ds.ndim != 1 or lab_ds.dtype.kind not in "iu":
+            raise FormatError(f"/labels in {file} must be a 1-d integer array; found dtype "
+                              f"{lab_ds.dtype} with shape {lab_ds.shape}.")
+        if path_ds.ndim != 1 or h5py.check_string_dtype(path_ds.dtype) is None:
+            raise FormatError(f"/paths in {file} must be a 1-d array of strings; found dtype "
+                              f"{path_ds.dtype} with shape {path_ds.shape}.")
+        n = emb_ds.shape[0]
+        if lab_ds.shape[0] != n or path_ds.shape[0] != n:
+            raise FormatError(f"{file} is inconsistent: {n} embeddings, {lab_ds.shape[0]} "
+                              f"labels and {path_ds.shape[0]} paths. Re-create it with "
+                              "`raml embed`.")
+        if n == 0:
+            raise FormatError(f"{file} holds no embeddings (0 rows).")
+        labels = np.asarray(lab_ds[()], dtype=np.int64)
+        paths = [_decode(p) for p in path_ds[()]]
+        return EmbeddingRows(int(n), int(emb_ds.shape[1]), labels, paths, attrs, file)
+
+
+def iter_checked_blocks(path: str | os.PathLike, block_rows: int = 4096
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+    """Like :func:`iter_embedding_blocks`, with the row checks of :func:`read_embeddings`.
+
+    NaN, Inf or an all-zero row is a :class:`FormatError`; rows off unit length are
+    re-normalised. Memory stays at one block.
+    """
+    file = Path(path)
+    for start, block in iter_embedding_blocks(file, block_rows):
+        try:
+            rows, _ = _check_rows(block, file)
+        except FormatError as err:
+            raise FormatError(f"{err} (in the block of rows from {start})") from None
+        yield start, rows

@@ -113,11 +113,22 @@ def register_group(name: str, help_text: str, commands: list[tuple[str, Any, str
 def _register_all() -> None:
     # One import and one register() line per command; each module defines `command` and
     # `EXAMPLES`.
-    from raml_cli.cli import demo, distill, download, embed, evaluate, info, train_teacher
+    from raml_cli.cli import (
+        demo,
+        distill,
+        download,
+        embed,
+        evaluate,
+        index,
+        info,
+        search,
+        train_teacher,
+    )
 
     for name, module in (("download", download), ("train-teacher", train_teacher),
                          ("embed", embed), ("info", info), ("evaluate", evaluate),
-                         ("distill", distill), ("demo", demo)):
+                         ("distill", distill), ("demo", demo), ("index", index),
+                         ("search", search)):
         register(name, module.command, examples=module.EXAMPLES)
     from raml_cli.cli import log, tune
 
