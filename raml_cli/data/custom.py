@@ -102,6 +102,7 @@ def _load_folder(folder: Path) -> DatasetSplits:
                                     p.relative_to(folder).parts))
         if not images:
             continue
+        _check_utf8_names(folder, images)
         label = len(names)
         names[label] = class_folder.name
         samples.extend(Sample(path=p.relative_to(folder).as_posix(), label=label)
@@ -113,6 +114,18 @@ def _load_folder(folder: Path) -> DatasetSplits:
     return DatasetSplits(name=str(folder), root=folder, train=train,
                          val=second_half_classes(train), test=test,
                          extra={"class_names": names, "source": "image_folder"})
+
+
+def _check_utf8_names(folder: Path, images: list[Path]) -> None:
+    for image in images:
+        name = image.relative_to(folder).as_posix()
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise DataError(f"{folder}: the file name {shown} is not valid UTF-8, and "
+                            "embeddings files store names as UTF-8. Rename the file (or "
+                            "delete it), then run again.") from None
 
 
 def _load_csv(path: Path) -> DatasetSplits:

@@ -24,14 +24,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from raml_cli.atomic import ensure_writable_parent
+from raml_cli.atomic import check_outputs_apart, ensure_writable_parent
 from raml_cli.devices import is_cuda, torch_threads
 from raml_cli.distributed import (
     all_reduce_mean,
@@ -85,6 +85,8 @@ class LoopConfig:
         flush_denormal: on the CPU, flush denormal floats to zero while training (restored
             after). Tiny activations and gradients of small or freshly initialised networks
             otherwise become denormals, which the CPU computes with up to 100x slower.
+        inputs: the files the run reads, by what they are (``{"the teacher": path}``): the
+            model, its checkpoint and its log must be none of them.
     """
 
     output: Path
@@ -106,6 +108,7 @@ class LoopConfig:
     mixed_precision: bool = True
     threads: int | None = None
     flush_denormal: bool = True
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (paths as strings)."""
@@ -229,6 +232,10 @@ class _Runner:
 
     def _preflight(self) -> None:
         """Fail before any work: unwritable output, a stale checkpoint, no checkpoint."""
+        # The checkpoint is deleted after the model is saved: -o t.ckpt would lose the model.
+        check_outputs_apart({"the model file (-o)": self.output,
+                             "its checkpoint": self.checkpoint, "its run log": self.log},
+                            self.config.inputs)
         ensure_writable_parent(self.output)
         if not os.access(self.output.parent if str(self.output.parent) else Path("."),
                          os.W_OK):
