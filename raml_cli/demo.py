@@ -37,9 +37,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raml_cli.atomic import atomic_write_text
+from raml_cli.atomic import atomic_write_text, ensure_folder
 from raml_cli.errors import InputError
 from raml_cli.progress import NULL_REPORTER, Reporter
+from raml_cli.seeding import check_seed
 
 ROW_NAMES = ("teacher_high_sym", "teacher_low_sym", "naive_asym", "raml_asym",
              "student_low_sym")
@@ -112,6 +113,7 @@ class DemoConfig:
                              "against a large-resolution database.")
         if 1 not in self.ks or 4 not in self.ks:
             raise InputError("The demo table needs recall at 1 and 4; keep 1 and 4 in ks.")
+        check_seed(self.seed)
 
 
 @dataclass
@@ -148,8 +150,7 @@ def run_demo(config: DemoConfig, reporter: Reporter = NULL_REPORTER) -> DemoResu
     from raml_cli.devices import resolve_device, torch_threads
 
     config.check()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(config.out, "--out")
     device = resolve_device(config.device)
     cpu = device.type == "cpu"
     workers = config.workers if config.workers is not None else (1 if cpu else 4)
