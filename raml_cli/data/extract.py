@@ -140,10 +140,12 @@ def _check_hard_link(archive: Path, member: str, target: str) -> str:
     try:
         return _check_name(archive, target)
     except UnsafeArchiveError:
+        why = ("an absolute path" if target.startswith(("/", "\\")) or target[1:2] == ":"
+               else "a path that climbs out of the folder with '..'")
         raise UnsafeArchiveError(
             f"Refusing to extract {archive}: its member {member!r} is a hard link to "
-            f"{target!r}, outside the folder. The archive is damaged or malicious; nothing of "
-            "it was kept. Fetch the file from the official source.") from None
+            f"{target!r}, {why}. The archive is damaged or malicious; nothing of it was "
+            "kept. Fetch the file from the official source.") from None
 
 
 def _check_target(archive: Path, dest_real: str, member: str, target: str) -> None:
