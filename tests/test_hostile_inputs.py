@@ -448,3 +448,26 @@ def test_case15_a_refused_hard_link_names_the_member_and_its_target(tmp_path: Pa
     message = str(caught.value)
     assert "'images/x.jpg'" in message and "'../../etc/passwd'" in message
     assert "hard link" in message
+
+
+# -- 16. the demo's table depends on the seed, not on the machine's cores --------------------
+
+def test_case16_demo_threads_do_not_follow_the_cores(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import raml_cli.demo as demo
+
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(self):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(demo._Run, "prepare_data", record)
+    for cores in (2, 64):  # a container often reports the host's cores
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        with pytest.raises(Stop):
+            demo.run_demo(demo.DemoConfig(out=tmp_path / f"demo{cores}", device="cpu"))
+    assert seen == [demo.DEMO_CPU_THREADS] * 2
