@@ -74,3 +74,58 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def ensure_folder(path: str | os.PathLike, option: str) -> Path:
+    """Create the folder ``path`` (and its parents) or fail clearly when a file is in the way."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder} is a file, not a folder. Give a folder (it is "
+                         "created when missing), or move the file away.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise InputError(f"Cannot create the folder {folder} for {option}: a part of its path "
+                         "is a file. Choose another folder.") from err
+    except OSError as err:
+        raise InputError(f"Cannot create the folder {folder} for {option}: {err.strerror}. "
+                         "Choose another folder or fix its permissions.") from err
+    return folder
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file: the same path once resolved (also when
+    neither exists yet), or the same inode (hard links, symbolic links, bind mounts)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_outputs_apart(outputs: dict[str, str | os.PathLike],
+                        inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other.
+
+    Args:
+        outputs: what a command writes, by what it is (``{"the model (-o)": path}``).
+        inputs: what it reads, by what it is; ``None`` values are ignored.
+
+    Raises:
+        InputError: an output is one of the inputs, or two outputs are the same file.
+    """
+    named_outputs = list(outputs.items())
+    for what, path in named_outputs:
+        for in_what, in_path in inputs.items():
+            if in_path is not None and same_file(path, in_path):
+                raise InputError(
+                    f"{what} {path} is the same file as {in_what} {in_path}: writing it would "
+                    "destroy an input of this run. Choose another output path.")
+    for i, (what, path) in enumerate(named_outputs):
+        for other_what, other in named_outputs[i + 1:]:
+            if same_file(path, other):
+                raise InputError(
+                    f"{what} {path} would be the same file as {other_what} {other}, so one "
+                    "would overwrite or delete the other. Choose an output name with another "
+                    "suffix (e.g. model.safetensors).")

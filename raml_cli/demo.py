@@ -29,7 +29,6 @@ demo runs in a few minutes on a 2-core CPU; docs/demo.md records the measured ta
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raml_cli.atomic import atomic_write_text
+from raml_cli.atomic import atomic_write_text, ensure_folder
 from raml_cli.errors import InputError
 from raml_cli.progress import NULL_REPORTER, Reporter
+from raml_cli.seeding import check_seed
 
 ROW_NAMES = ("teacher_high_sym", "teacher_low_sym", "naive_asym", "raml_asym",
              "student_low_sym")
@@ -69,6 +69,11 @@ DEMO_STUDENT: dict[str, Any] = {
 }
 
 
+#: PyTorch's CPU threads in the demo. One: the table is then the same on any number of
+#: cores (and on 2 cores the decoding worker has the other one to itself).
+DEMO_CPU_THREADS = 1
+
+
 @dataclass
 class DemoConfig:
     """Options of ``raml demo``.
@@ -85,8 +90,8 @@ class DemoConfig:
             (e.g. a tiny run for tests).
         workers: DataLoader processes (default: 1 on the CPU, so that decoding and
             augmentation run beside the network; 4 on CUDA).
-        threads: CPU threads of PyTorch (default on the CPU: the cores minus the workers,
-            at least 1; OpenMP threads that share a core with a worker wait on it).
+        threads: CPU threads of PyTorch (default on the CPU: :data:`DEMO_CPU_THREADS`,
+            whatever the cores, so that the table depends on the seed, not the machine).
         ks: recall cut-offs evaluated (the table shows R@1 and R@4).
     """
 
@@ -112,6 +117,7 @@ class DemoConfig:
                              "against a large-resolution database.")
         if 1 not in self.ks or 4 not in self.ks:
             raise InputError("The demo table needs recall at 1 and 4; keep 1 and 4 in ks.")
+        check_seed(self.seed)
 
 
 @dataclass
@@ -148,14 +154,16 @@ def run_demo(config: DemoConfig, reporter: Reporter = NULL_REPORTER) -> DemoResu
     from raml_cli.devices import resolve_device, torch_threads
 
     config.check()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(config.out, "--out")
     device = resolve_device(config.device)
     cpu = device.type == "cpu"
     workers = config.workers if config.workers is not None else (1 if cpu else 4)
     threads = config.threads
     if threads is None and cpu:
-        threads = max(1, (os.cpu_count() or 1) - workers)
+        # Fixed, not from the cores: a CPU's float sums depend on how the work is split
+        # over threads, so a count taken from os.cpu_count() (which in a container is
+        # the host's) would make the table depend on the machine, not the seed alone.
+        threads = DEMO_CPU_THREADS
     run = _Run(config, out, str(device), workers, reporter)
     started = time.perf_counter()
     with torch_threads(threads):

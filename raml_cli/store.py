@@ -38,7 +38,7 @@ import numpy as np
 
 from raml_cli import __version__
 from raml_cli.atomic import ensure_writable_parent, partial_path, temporary_sibling
-from raml_cli.errors import FormatError, InputError, RamlError
+from raml_cli.errors import DataError, FormatError, InputError, RamlError
 
 FORMAT = "raml-embeddings"
 FORMAT_VERSION = 1
@@ -123,6 +123,41 @@ def _validate_arrays(embeddings: np.ndarray, labels: np.ndarray, paths: Sequence
             f"Row counts differ: {embeddings.shape[0]} embeddings, {num_labels} labels, "
             f"{len(paths)} paths."
         )
+
+
+def _check_finite_rows(embeddings: np.ndarray, paths: Sequence[str]) -> None:
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise DataError(
+            f"The model gave NaN or infinite values for {int((~finite).sum())} image(s), the "
+            f"first {paths[first]}; nothing was written under the final name. The model's "
+            "weights or its normalisation (mean, std) are broken: retrain it or use another "
+            "model file.")
+
+
+def _check_utf8_paths(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                         "backslashreplace")
+            raise InputError(f"The image name {shown} is not valid UTF-8, and embeddings files "
+                             "store names as UTF-8. Rename the file, then run again.") from None
+
+
+def _check_storage(dataset: h5py.Dataset, name: str, file: Path) -> None:
+    """Refuse a dataset that declares more rows than the file holds (a forged header
+    would otherwise make the reader allocate its declared size)."""
+    declared = int(dataset.size) * int(dataset.dtype.itemsize)
+    stored = int(dataset.id.get_storage_size())
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    # Compressed data can be smaller than it reads; beyond 1000:1 it is not embeddings.
+    if declared > (stored * 1000 if filtered else stored):
+        raise FormatError(f"/{name} in {file} declares shape {dataset.shape} ({declared} "
+                          f"bytes) but the file holds only {stored} bytes of it: the file is "
+                          "truncated or damaged. Re-create it with `raml embed`.")
 
 
 def write_embeddings(
@@ -239,6 +274,8 @@ class EmbeddingWriter:
         n = embeddings.shape[0]
         if n == 0:
             return
+        _check_finite_rows(embeddings, paths)
+        _check_utf8_paths(paths)
         start, stop = self.rows_done, self.rows_done + n
         handle = self._handle
         # Lengths are grown last-to-first so a crash mid-append leaves at most a
@@ -353,40 +390,58 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     """
     file = Path(path)
     with _open(file) as handle:
-        attrs = _check_header(handle, file)
-        missing = [name for name in ("embeddings", "labels", "paths") if name not in handle]
-        if missing:
-            raise FormatError(f"{file} lacks the dataset(s) {', '.join('/' + m for m in missing)}"
-                              " that every raml embeddings file has.")
-        not_data = [name for name in ("embeddings", "labels", "paths")
-                    if not isinstance(handle[name], h5py.Dataset)]
-        if not_data:
-            raise FormatError(f"In {file}, {', '.join('/' + m for m in not_data)} is not a "
-                              "dataset (found a group). Re-create the file with `raml embed`.")
-        emb_ds, lab_ds, path_ds = handle["embeddings"], handle["labels"], handle["paths"]
-        if emb_ds.ndim != 2:
-            raise FormatError(f"/embeddings in {file} has rank {emb_ds.ndim}; expected a "
-                              "[N, D] matrix.")
-        if emb_ds.dtype.kind != "f":
-            raise FormatError(f"/embeddings in {file} has dtype {emb_ds.dtype}; expected float32.")
-        if lab_ds.ndim != 1 or lab_ds.dtype.kind not in "iu":
-            raise FormatError(f"/labels in {file} must be a 1-d integer array; found dtype "
-                              f"{lab_ds.dtype} with shape {lab_ds.shape}.")
-        if path_ds.ndim != 1 or h5py.check_string_dtype(path_ds.dtype) is None:
-            raise FormatError(f"/paths in {file} must be a 1-d array of strings; found dtype "
-                              f"{path_ds.dtype} with shape {path_ds.shape}.")
-        n = emb_ds.shape[0]
-        if lab_ds.shape[0] != n or path_ds.shape[0] != n:
-            raise FormatError(f"{file} is inconsistent: {n} embeddings, {lab_ds.shape[0]} "
-                              f"labels and {path_ds.shape[0]} paths. Re-create it with "
-                              "`raml embed`.")
-        if n == 0:
-            raise FormatError(f"{file} holds no embeddings (0 rows).")
-        embeddings = np.asarray(emb_ds[()], dtype=np.float32)
-        labels = np.asarray(lab_ds[()], dtype=np.int64)
-        paths = [_decode(p) for p in path_ds[()]]
+        try:
+            embeddings, labels, paths, attrs = _read_all(handle, file)
+        except KeyError as err:  # e.g. a soft link to nothing at /labels
+            raise FormatError(f"{file} has a broken entry ({err}): one of /embeddings, "
+                              "/labels, /paths is a link to nothing. Re-create the file with "
+                              "`raml embed`.") from err
     embeddings, renormalized = _check_rows(embeddings, file)
     return EmbeddingSet(embeddings, labels, paths, attrs, file, renormalized)
+
+
+def _read_all(handle: h5py.File, file: Path
+              ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
+    attrs = _check_header(handle, file)
+    missing = [name for name in ("embeddings", "labels", "paths") if name not in handle]
+    if missing:
+        raise FormatError(f"{file} lacks the dataset(s) {', '.join('/' + m for m in missing)}"
+                          " that every raml embeddings file has.")
+    not_data = [name for name in ("embeddings", "labels", "paths")
+                if not isinstance(handle[name], h5py.Dataset)]
+    if not_data:
+        raise FormatError(f"In {file}, {', '.join('/' + m for m in not_data)} is not a "
+                          "dataset (found a group). Re-create the file with `raml embed`.")
+    emb_ds, lab_ds, path_ds = handle["embeddings"], handle["labels"], handle["paths"]
+    if emb_ds.ndim != 2:
+        raise FormatError(f"/embeddings in {file} has rank {emb_ds.ndim}; expected a "
+                          "[N, D] matrix.")
+    if emb_ds.dtype.kind != "f":
+        raise FormatError(f"/embeddings in {file} has dtype {emb_ds.dtype}; expected float32.")
+    if lab_ds.ndim != 1 or lab_ds.dtype.kind not in "iu":
+        raise FormatError(f"/labels in {file} must be a 1-d integer array; found dtype "
+                          f"{lab_ds.dtype} with shape {lab_ds.shape}.")
+    if path_ds.ndim != 1 or h5py.check_string_dtype(path_ds.dtype) is None:
+        raise FormatError(f"/paths in {file} must be a 1-d array of strings; found dtype "
+                          f"{path_ds.dtype} with shape {path_ds.shape}.")
+    n = emb_ds.shape[0]
+    if lab_ds.shape[0] != n or path_ds.shape[0] != n:
+        raise FormatError(f"{file} is inconsistent: {n} embeddings, {lab_ds.shape[0]} "
+                          f"labels and {path_ds.shape[0]} paths. Re-create it with "
+                          "`raml embed`.")
+    if n == 0:
+        raise FormatError(f"{file} holds no embeddings (0 rows).")
+    for name, dataset in (("embeddings", emb_ds), ("labels", lab_ds), ("paths", path_ds)):
+        _check_storage(dataset, name, file)
+    embeddings = np.asarray(emb_ds[()], dtype=np.float32)
+    raw_labels = np.asarray(lab_ds[()])
+    if raw_labels.dtype.kind == "u" and raw_labels.max() > np.iinfo(np.int64).max:
+        raise FormatError(f"/labels in {file} holds {int(raw_labels.max())}, beyond the "
+                          "int64 class ids of the format (it would wrap to a negative, "
+                          "unknown, label). Store labels as int64.")
+    labels = raw_labels.astype(np.int64)
+    paths = [_decode(p) for p in path_ds[()]]
+    return embeddings, labels, paths, attrs
 
 
 def is_current(path: str | os.PathLike, *, model_sha256: str, resolution: int,

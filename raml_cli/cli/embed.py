@@ -56,8 +56,8 @@ def command(
         "--skip-bad", help="Leave out unreadable images (recorded in the file's /skipped) "
         "instead of stopping at the first one.")] = False,
     chunk_rows: Annotated[int, typer.Option(
-        "--chunk-rows", min=1, help="Rows written per step; --resume restarts from the last "
-        "complete step.")] = 1024,
+        "--chunk-rows", min=1, max=1048576, help="Rows written per step; --resume restarts "
+        "from the last complete step.")] = 1024,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -86,12 +86,14 @@ def command(
         samples, image_root = splits.split(split), splits.root
         dataset_name, split_name = splits.name, split
     else:
-        image_root, samples = collect_images(images)
+        image_root, samples = collect_images(images, reporter)
         dataset_name, split_name = str(images), "images"
+    listed = {"the image list (--images)": images} if images is not None and images.is_file() \
+        else {"the dataset (--dataset)": dataset} if dataset and Path(dataset).is_file() else {}
     result = embed_dataset(
         model, output, samples, image_root, dataset=dataset_name, split=split_name, res=res,
         batch_size=batch_size, workers=workers, device=device, resume=resume,
-        skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter)
+        skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter, inputs=listed)
     if result.rank != 0:  # under torchrun only the writing process reports
         return
     if result.space is not None and result.space.collapsed:

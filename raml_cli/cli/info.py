@@ -43,6 +43,7 @@ def command(
     from raml_cli.devices import resolve_device
     from raml_cli.model.cost import profile
     from raml_cli.model.files import load_model
+    from raml_cli.model.resolution import check_resolution_range
     from raml_cli.progress import Reporter
 
     reporter = Reporter(quiet=quiet)
@@ -50,6 +51,8 @@ def command(
     network, info = load_model(model, target)
     resolutions = (parse_int_list(res, "--res", 8, "112,224,448") if res
                    else sorted({112, 224, 448, info.resolution}))
+    for value in resolutions:
+        check_resolution_range(value)
     reporter.log(f"costing {info.architecture} at {', '.join(map(str, resolutions))} px on "
                  f"{target}")
     rows = profile(network, resolutions, target, repeats=repeats, measure_latency=latency)

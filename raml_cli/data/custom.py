@@ -18,8 +18,9 @@ CSV (UTF-8, comma separated)::
     birds/c.jpg,gull,test
 
 - ``path``: relative to the CSV's folder, or absolute.
-- ``label``: integers (kept as the class ids, >= 0) or names (sorted naturally and
-  numbered 0, 1, ...).
+- ``label``: integers (kept as the class ids, 0 to 2^63 - 1) or names (sorted naturally
+  and numbered 0, 1, ...).
+- every image appears on one row only (a duplicated row is an error naming both lines).
 - ``split`` (optional): ``train``, ``val`` or ``test``. ``val`` rows are training rows held
   out for validation, so they count in ``train`` too and must be whole classes. Without a
   split column the zero-shot rule applies; without ``val`` rows, ``val`` is the second half
@@ -42,6 +43,8 @@ from raml_cli.data.parsers.cub import find_cub, parse_cub
 from raml_cli.errors import DataError
 
 SPLIT_VALUES = ("train", "val", "test")
+#: Class ids are int64 (embeddings files store them so).
+INT64_MAX = 2**63 - 1
 
 
 def load_custom(path: Path, check_images: bool = True) -> DatasetSplits:
@@ -102,6 +105,7 @@ def _load_folder(folder: Path) -> DatasetSplits:
                                     p.relative_to(folder).parts))
         if not images:
             continue
+        _check_utf8_names(folder, images)
         label = len(names)
         names[label] = class_folder.name
         samples.extend(Sample(path=p.relative_to(folder).as_posix(), label=label)
@@ -113,6 +117,18 @@ def _load_folder(folder: Path) -> DatasetSplits:
     return DatasetSplits(name=str(folder), root=folder, train=train,
                          val=second_half_classes(train), test=test,
                          extra={"class_names": names, "source": "image_folder"})
+
+
+def _check_utf8_names(folder: Path, images: list[Path]) -> None:
+    for image in images:
+        name = image.relative_to(folder).as_posix()
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise DataError(f"{folder}: the file name {shown} is not valid UTF-8, and "
+                            "embeddings files store names as UTF-8. Rename the file (or "
+                            "delete it), then run again.") from None
 
 
 def _load_csv(path: Path) -> DatasetSplits:
@@ -148,9 +164,29 @@ def _load_csv(path: Path) -> DatasetSplits:
                         split))
     if not entries:
         raise DataError(f"{path} has a header but no rows. List one image per row.")
+    _check_unique_paths(path, entries)
     labels, names = _label_ids(path, entries)
     samples = [(Sample(path=p, label=labels[raw]), split) for _, p, raw, split in entries]
     return _csv_splits(path, samples, names)
+
+
+def _check_unique_paths(path: Path, entries: list[tuple[int, str, str, str]]) -> None:
+    """An image listed twice would count twice in every metric (or, under two labels, put
+    one image in two classes, possibly one of training and one of test): refuse it."""
+    first_line: dict[str, int] = {}
+    repeated: list[tuple[str, int, int]] = []
+    for number, image, _, _ in entries:
+        key = Path(image).as_posix()
+        if key in first_line:
+            repeated.append((image, first_line[key], number))
+        else:
+            first_line[key] = number
+    if repeated:
+        shown = "; ".join(f"{image!r} on lines {a} and {b}" for image, a, b in repeated[:5])
+        more = f" (and {len(repeated) - 5} more)" if len(repeated) > 5 else ""
+        raise DataError(f"{path} lists {len(repeated)} image(s) more than once: {shown}{more}. "
+                        "Each image must appear on one row with one label: remove the "
+                        "duplicate rows.")
 
 
 def _label_ids(path: Path, entries: list[tuple[int, str, str, str]]
@@ -161,6 +197,12 @@ def _label_ids(path: Path, entries: list[tuple[int, str, str, str]]
         raise DataError(f"{path}, line {empty[0]}: the label is empty. Every row needs a class.")
     if all(re.fullmatch(r"\d+", raw) for raw in raw_labels):
         labels = {raw: int(raw) for raw in raw_labels}
+        too_large = [(number, raw) for number, _, raw, _ in entries
+                     if labels[raw] > INT64_MAX]
+        if too_large:
+            raise DataError(f"{path}, line {too_large[0][0]}: the label {too_large[0][1]} is "
+                            f"beyond the largest class id, {INT64_MAX} (2^63 - 1, int64). "
+                            "Number the classes with smaller integers, or use class names.")
     else:
         labels = {raw: k for k, raw in enumerate(sorted(raw_labels, key=natural_key))}
     return labels, {k: raw for raw, k in labels.items()}

@@ -53,7 +53,20 @@ def is_archive(path: Path) -> bool:
     return name.endswith(TAR_SUFFIXES + ZIP_SUFFIXES)
 
 
-def safe_extract(archive: Path, dest: Path, reporter: Reporter | None = None) -> None:
+#: Extraction stops beyond this many times the archive's size (plus EXPANSION_MARGIN):
+#: the datasets' images are JPEGs, which archives barely compress; a member that expands
+#: more is a decompression bomb (or not a dataset), refused before it fills the disk.
+EXPANSION_FACTOR = 4
+EXPANSION_MARGIN = 64 * MIB
+
+
+def extraction_limit(archive: Path) -> int:
+    """The most bytes :func:`safe_extract` writes for ``archive`` by default."""
+    return EXPANSION_FACTOR * Path(archive).stat().st_size + EXPANSION_MARGIN
+
+
+def safe_extract(archive: Path, dest: Path, reporter: Reporter | None = None,
+                 max_bytes: int | None = None) -> None:
     """Extract ``archive`` (tar or zip, by name, else by content) into ``dest``.
 
     Args:
@@ -61,6 +74,9 @@ def safe_extract(archive: Path, dest: Path, reporter: Reporter | None = None) ->
         dest: the folder to extract into (created if needed). On an error it may hold
             part of the archive: extract into a temporary folder and delete it on error.
         reporter: progress (a bar over the archive's MiB).
+        max_bytes: stop (DataError) before the members' declared sizes add up to more;
+            default :func:`extraction_limit`. Sizes are those the archive declares, which
+            tar and zip readers enforce, so the check comes before the bytes are written.
 
     Raises:
         UnsafeArchiveError: a member would land outside ``dest`` or is a device file.
@@ -71,11 +87,12 @@ def safe_extract(archive: Path, dest: Path, reporter: Reporter | None = None) ->
     dest.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
     try:
+        limit = extraction_limit(archive) if max_bytes is None else int(max_bytes)
         if name.endswith(ZIP_SUFFIXES) or (not name.endswith(TAR_SUFFIXES)
                                           and zipfile.is_zipfile(archive)):
-            _extract_zip(archive, dest, reporter)
+            _extract_zip(archive, dest, reporter, limit)
         else:
-            _extract_tar(archive, dest, reporter)
+            _extract_tar(archive, dest, reporter, limit)
         _check_links(archive, dest)
     except UnsafeArchiveError:
         raise
@@ -96,6 +113,14 @@ def _unsafe(archive: Path, member: str, why: str) -> UnsafeArchiveError:
                               "Fetch the file from the official source.")
 
 
+def _too_large(archive: Path, member: str, total: int, limit: int) -> DataError:
+    return DataError(
+        f"Refusing to extract {archive}: with its member {member!r} it would expand to more "
+        f"than {limit // MIB} MiB ({total // MIB} MiB declared so far), far beyond what an "
+        "archive of this size holds for a dataset of images. It is damaged or a "
+        "decompression bomb; nothing of it was kept. Fetch the file from the official source.")
+
+
 def _inside(base: str, path: str) -> bool:
     return path == base or path.startswith(base + os.sep)
 
@@ -108,6 +133,19 @@ def _check_name(archive: Path, name: str) -> str:
     if normal == ".." or normal.startswith("../"):
         raise _unsafe(archive, name, "points outside the folder with '..'")
     return normal
+
+
+def _check_hard_link(archive: Path, member: str, target: str) -> str:
+    """A hard link's target, normalised; the error names the member and its target."""
+    try:
+        return _check_name(archive, target)
+    except UnsafeArchiveError:
+        why = ("an absolute path" if target.startswith(("/", "\\")) or target[1:2] == ":"
+               else "a path that climbs out of the folder with '..'")
+        raise UnsafeArchiveError(
+            f"Refusing to extract {archive}: its member {member!r} is a hard link to "
+            f"{target!r}, {why}. The archive is damaged or malicious; nothing of it was "
+            "kept. Fetch the file from the official source.") from None
 
 
 def _check_target(archive: Path, dest_real: str, member: str, target: str) -> None:
@@ -125,20 +163,24 @@ def _check_link(archive: Path, dest_real: str, member: str, normal: str, link: s
         raise _unsafe(archive, member, f"is a link to {link!r}, outside the folder")
 
 
-def _extract_tar(archive: Path, dest: Path, reporter: Reporter) -> None:
+def _extract_tar(archive: Path, dest: Path, reporter: Reporter, limit: int) -> None:
     dest_real = os.path.realpath(dest)
     size = archive.stat().st_size
     with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar, \
             reporter.track(f"extracting {archive.name}", total=size / MIB, unit="MiB") as bar:
         done = 0
+        expanded = 0
         for member in tar:
+            expanded += max(0, member.size)
+            if expanded > limit:
+                raise _too_large(archive, member.name, expanded, limit)
             normal = _check_name(archive, member.name)
             if member.isdev() or member.isfifo():
                 raise _unsafe(archive, member.name, "is a device file or FIFO")
             if member.issym():
                 _check_link(archive, dest_real, member.name, normal, member.linkname)
             elif member.islnk():
-                target = _check_name(archive, member.linkname)
+                target = _check_hard_link(archive, member.name, member.linkname)
                 _check_target(archive, dest_real, member.name, target)
             _check_target(archive, dest_real, member.name, normal)
             if hasattr(tarfile, "data_filter"):
@@ -153,10 +195,15 @@ def _extract_tar(archive: Path, dest: Path, reporter: Reporter) -> None:
             done = position
 
 
-def _extract_zip(archive: Path, dest: Path, reporter: Reporter) -> None:
+def _extract_zip(archive: Path, dest: Path, reporter: Reporter, limit: int) -> None:
     dest_real = os.path.realpath(dest)
     with zipfile.ZipFile(archive) as zf:
         members = zf.infolist()
+        expanded = 0
+        for info in members:  # declared sizes; the zip reader stops at them
+            expanded += info.file_size
+            if expanded > limit:
+                raise _too_large(archive, info.filename, expanded, limit)
         total = sum(info.compress_size for info in members)
         with reporter.track(f"extracting {archive.name}", total=total / MIB,
                             unit="MiB") as bar:

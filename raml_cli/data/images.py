@@ -14,7 +14,9 @@ JPEGs much larger than needed are decoded at reduced size with PIL's draft mode 
 JPEG decoder scales by 1/2, 1/4 or 1/8 in the DCT domain) as long as the shorter side
 stays >= ``min_size``: at 112 px queries this makes decoding several times cheaper.
 
-A missing, empty, truncated or non-image file raises :class:`~raml_cli.errors.DataError`
+Only regular files are opened (after following links): a FIFO named ``x.jpg`` would
+block the reader forever. A missing, empty, truncated, non-regular or non-image file
+raises :class:`~raml_cli.errors.DataError`
 naming the path. :class:`ImageDataset` can instead mark such a sample as a
 :class:`BadImage` (``skip_bad=True``) so that ``raml embed --skip-bad`` leaves it out;
 :func:`collate_skipping` separates the good images from the bad ones in a batch.
@@ -49,6 +51,9 @@ def load_rgb(path: str | os.PathLike, min_size: int | None = None) -> Image.Imag
         DataError: the file is missing, empty, truncated, not an image, or undecodable.
     """
     file = Path(path)
+    if file.exists() and not file.is_file():  # a FIFO would block open() forever
+        raise DataError(f"Image {file} is not a regular file (a folder, FIFO, socket or "
+                        "device). Remove it from the image list, or run with --skip-bad.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

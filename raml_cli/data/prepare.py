@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from raml_cli.atomic import ensure_folder
 from raml_cli.data.catalog import (
     DatasetSpec,
     Release,
@@ -44,6 +45,7 @@ from raml_cli.data.marker import has_marker, read_marker, write_marker
 from raml_cli.data.parsers import IMAGE_SUFFIXES, ParsedDataset, check_images_exist
 from raml_cli.errors import DataError, DownloadError, InputError, RamlError
 from raml_cli.progress import NULL_REPORTER, Reporter
+from raml_cli.seeding import check_seed
 
 DOWNLOADS = ".downloads"
 
@@ -83,6 +85,8 @@ def prepare_dataset(name: str, root: Path = Path("data"), archives: Sequence[Pat
     if spec.generate is not None and archives:
         raise InputError(f"{name} is generated locally; --archive does not apply. Run "
                          f"`{download_command(name, root)}` (with --seed to choose the seed).")
+    check_seed(seed)
+    ensure_folder(root, "--root")
     ready = _already_verified(spec, root, seed, reporter)
     if ready is not None:
         if archives:

@@ -32,18 +32,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from raml_cli.atomic import partial_path
+from raml_cli.atomic import check_outputs_apart, partial_path
 from raml_cli.data.dataset import Sample
 from raml_cli.data.images import BadImage, Batch, ImageDataset, collate_skipping
 from raml_cli.data.transforms import eval_transform
 from raml_cli.devices import autocast, is_cuda, resolve_device, to_device
 from raml_cli.errors import DataError, InputError, RamlError
 from raml_cli.evaluate.space import SpaceSpread, spread_from_blocks
+from raml_cli.model.resolution import check_resolution_range
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.store import iter_embedding_blocks
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_ROWS = 1024
+#: More rows per write than this gain nothing and can exceed HDF5's 4 GiB chunk limit.
+MAX_CHUNK_ROWS = 1 << 20
 
 
 def default_workers(device: torch.device) -> int:
@@ -256,6 +259,7 @@ def embed_dataset(
     skip_bad: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     reporter: Reporter | None = None,
+    inputs: dict[str, str | os.PathLike] | None = None,
 ) -> EmbedResult:
     """Embed ``samples`` with the model file ``model`` into the embeddings file ``output``.
 
@@ -270,6 +274,8 @@ def embed_dataset(
         resume: continue ``OUT.h5.partial`` from its last complete chunk.
         skip_bad: leave unreadable images out (recorded in ``/skipped``) instead of failing.
         chunk_rows: rows per write (rounded up to whole batches); the resume granularity.
+        inputs: other files the run reads, by what they are (an image list, a CSV):
+            ``output`` must be none of them, nor the model, nor one of the images.
 
     Raises:
         DataError: an unreadable image without ``skip_bad`` (the ``.partial`` file is kept
@@ -284,6 +290,10 @@ def embed_dataset(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     if not samples:
         raise InputError("There are no images to embed (the split or image list is empty).")
+    if not 1 <= chunk_rows <= MAX_CHUNK_ROWS:
+        raise InputError(f"--chunk-rows must be between 1 and {MAX_CHUNK_ROWS}, got "
+                         f"{chunk_rows}.")
+    _check_output_apart(output, model, samples, Path(root), inputs or {})
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
     setup = init_distributed(device)
     try:
@@ -297,6 +307,22 @@ def embed_dataset(
             shutdown_distributed()
 
 
+def _check_output_apart(output: str | os.PathLike, model: str | os.PathLike,
+                        samples: Sequence[Sample], root: Path,
+                        inputs: dict[str, str | os.PathLike]) -> None:
+    """Refuse an output that is the model, another input or one of the images."""
+    check_outputs_apart({"the embeddings file (-o)": output,
+                         "its unfinished file": partial_path(output)},
+                        {"the model file": model, **inputs})
+    target = Path(output).resolve()
+    if target.is_relative_to(root.resolve()):
+        relative = target.relative_to(root.resolve()).as_posix()
+        if any(sample.path == relative for sample in samples):
+            raise InputError(f"The embeddings file (-o) {output} is one of the images to "
+                             "embed; writing it would destroy that image. Choose an output "
+                             "path outside the image folder.")
+
+
 def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
            samples: list[Sample], root: Path, setup: Any, *, dataset: str, split: str,
            res: int | None, batch_size: int, workers: int | None, resume: bool,
@@ -306,9 +332,7 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
     device, rank, world = setup.device, setup.rank, setup.world_size
     network, info = load_model(model, device)
     network = network.to(memory_format=torch.channels_last)
-    res = int(res or info.resolution)
-    if res < 8:
-        raise InputError(f"--res must be at least 8 pixels, got {res}.")
+    res = check_resolution_range(int(res or info.resolution))
     workers = default_workers(device) if workers is None else int(workers)
     attrs = {"model_sha256": info.sha256, "role": info.role, "architecture": info.architecture,
              "resolution": res, "dataset": dataset, "split": split}

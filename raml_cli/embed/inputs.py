@@ -12,6 +12,13 @@ separately get the same class ids:
   folder). When every class name is an integer or starts with one (``017``,
   ``001.Black_footed_Albatross``), that integer is the class id; otherwise the id is a
   stable 62-bit hash of the folder name (:func:`class_id`), the same in every run.
+
+Only regular files are images (a FIFO or a device named ``x.jpg`` is not read: it would
+block). Symbolic links to files and folders are followed, but each folder is read once:
+a link to a folder already seen (a loop such as ``l -> ..``, or a second link to the same
+folder) is not entered again, so a loop cannot hang the scan or repeat its images. A
+file name that is not valid UTF-8 cannot be stored in an embeddings file: it is left out
+with a warning naming it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 from raml_cli.data.dataset import Sample
 from raml_cli.errors import InputError
+from raml_cli.progress import NULL_REPORTER, Reporter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm", ".pbm", ".jfif")
@@ -44,14 +52,54 @@ def _labels_for(names: list[str | None]) -> list[int]:
     return [-1 if n is None else mapping[n] for n in names]
 
 
-def images_in_folder(folder: Path) -> list[Sample]:
-    """Every image under ``folder`` (recursive, sorted), labelled by its top sub-folder."""
+def _folder_key(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:  # a dangling link
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
+
+
+def images_in_folder(folder: Path, reporter: Reporter = NULL_REPORTER) -> list[Sample]:
+    """Every image under ``folder`` (recursive, sorted), labelled by its top sub-folder.
+
+    Regular files only; every folder is read once (links that loop are not followed
+    again); names that are not UTF-8 are left out with a warning (module docstring).
+    """
     paths: list[str] = []
+    seen = {_folder_key(str(folder))}
+    not_utf8: list[str] = []
     for current, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            key = _folder_key(os.path.join(current, d))
+            if key is not None and key not in seen:
+                seen.add(key)
+                kept.append(d)
+        dirs[:] = kept
         for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
-                paths.append(Path(current, name).relative_to(folder).as_posix())
+            if not (name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")):
+                continue
+            full = os.path.join(current, name)
+            if not os.path.isfile(full):  # a FIFO, a socket, a device or a dangling link
+                continue
+            relative = Path(full).relative_to(folder).as_posix()
+            if _is_utf8(relative):
+                paths.append(relative)
+            else:
+                not_utf8.append(relative)
+    for name in not_utf8:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        reporter.warn(f"left out {shown}: its name is not valid UTF-8 (rename the file to "
+                      "include it).")
     paths.sort()
     if not paths:
         raise InputError(f"No images under {folder} (looked for {', '.join(IMAGE_SUFFIXES)}, "
@@ -77,7 +125,8 @@ def images_in_list(list_file: Path) -> list[Sample]:
     return [Sample(e, label) for e, label in zip(entries, _labels_for(names), strict=True)]
 
 
-def collect_images(spec: str | os.PathLike) -> tuple[Path, list[Sample]]:
+def collect_images(spec: str | os.PathLike,
+                   reporter: Reporter = NULL_REPORTER) -> tuple[Path, list[Sample]]:
     """Resolve ``--images DIR`` or ``--images LIST.txt`` to ``(root, samples)``.
 
     Sample paths are relative to ``root`` (the folder, or the list's folder; absolute
@@ -85,7 +134,7 @@ def collect_images(spec: str | os.PathLike) -> tuple[Path, list[Sample]]:
     """
     path = Path(spec).expanduser()
     if path.is_dir():
-        return path, images_in_folder(path)
+        return path, images_in_folder(path, reporter)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return path.parent, [Sample(path.name, -1)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from raml_cli import __version__
 from raml_cli.atomic import atomic_output
 from raml_cli.errors import FormatError, InputError
 from raml_cli.model.network import EmbeddingNetwork, NetworkConfig, build_network
+from raml_cli.model.resolution import MAX_EMBEDDING_DIM, MAX_RESOLUTION
 
 FORMAT = "raml-model"
 FORMAT_VERSION = 1
@@ -153,7 +155,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """Parse and validate the metadata of a model file (tensors are not read)."""
     file = _check_path(path)
     metadata, _ = _read_header(file)
-    return _parse_metadata(file, metadata)
+    return _parse_metadata(file, metadata, file_sha256(file))
 
 
 def load_model(path: str | os.PathLike,
@@ -165,17 +167,26 @@ def load_model(path: str | os.PathLike,
         FormatError: not safetensors, another ``format``, an unknown ``format_version``,
             missing or malformed metadata, or tensors that do not fit the architecture.
     """
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     file = _check_path(path)
-    metadata, _ = _read_header(file)
-    info = _parse_metadata(file, metadata)
+    # One read: the weights and the recorded sha256 come from the same bytes, even if the
+    # file is replaced meanwhile (and no memory map can fault on a file truncated under it).
+    data = _read_bytes(file)
+    metadata, _ = _header_of(file, data)
+    info = _parse_metadata(file, metadata, hashlib.sha256(data).hexdigest())
     try:
         network = build_network(info.network_config(), init="none")
     except InputError as err:
         raise FormatError(f"{file} names a network this installation cannot build: {err}") \
             from err
-    tensors = load_file(str(file), device="cpu")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise FormatError(f"The tensors of {file} cannot be read ({err}); the file is "
+                          "truncated or damaged. Re-create it with raml.") from err
+    del data
     expected = network.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -211,21 +222,55 @@ def _check_path(path: str | os.PathLike) -> Path:
     return file
 
 
-def _read_header(file: Path) -> tuple[dict[str, str], list[str]]:
-    from safetensors import SafetensorError, safe_open
+#: safetensors' own limit on the JSON header.
+_MAX_HEADER_BYTES = 100_000_000
 
+
+def _read_bytes(file: Path) -> bytes:
     try:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            return dict(handle.metadata() or {}), list(handle.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        return file.read_bytes()
+    except OSError as err:
+        raise InputError(f"Cannot read the model file {file}: {err.strerror}.") from err
+
+
+def _read_header(file: Path) -> tuple[dict[str, str], list[str]]:
+    """The metadata and tensor names of a safetensors file, reading only its header."""
+    try:
+        with open(file, "rb") as handle:
+            prefix = handle.read(8)
+            size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            header = handle.read(size) if 0 < size <= _MAX_HEADER_BYTES else b""
+    except OSError as err:
+        raise InputError(f"Cannot read the model file {file}: {err.strerror}.") from err
+    return _header_of(file, prefix + header)
+
+
+def _header_of(file: Path, data: bytes) -> tuple[dict[str, str], list[str]]:
+    """Parse the header at the start of ``data`` (the safetensors layout: an 8-byte
+    little-endian length, then that many bytes of JSON)."""
+    try:
+        if len(data) < 8:
+            raise ValueError("shorter than a safetensors header")
+        size = int.from_bytes(data[:8], "little")
+        if not 0 < size <= _MAX_HEADER_BYTES or len(data) < 8 + size:
+            raise ValueError(f"a header of {size} bytes does not fit the file")
+        header = json.loads(data[8:8 + size].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+                isinstance(v, str) for v in metadata.values()):
+            raise ValueError("__metadata__ is not an object of strings")
+    except (ValueError, UnicodeDecodeError) as err:
         raise FormatError(
             f"{file} is not a safetensors file ({err}). raml model files are written by "
             "`raml train-teacher` / `raml distill`; a PyTorch .pth state dict of a backbone "
             "can seed training with --init-weights instead."
         ) from err
+    return dict(metadata), sorted(header)
 
 
-def _parse_metadata(file: Path, metadata: dict[str, str]) -> ModelInfo:
+def _parse_metadata(file: Path, metadata: dict[str, str], sha256: str) -> ModelInfo:
     fmt = metadata.get("format")
     if fmt != FORMAT:
         what = "has no `format` metadata" if fmt is None else f"has format {fmt!r}"
@@ -247,7 +292,7 @@ def _parse_metadata(file: Path, metadata: dict[str, str]) -> ModelInfo:
         if not isinstance(config, dict):
             raise ValueError("config is not a JSON object")
         info = ModelInfo(
-            path=file, sha256=file_sha256(file), architecture=metadata["architecture"],
+            path=file, sha256=sha256, architecture=metadata["architecture"],
             pooling=metadata["pooling"], whitening=int(metadata["whitening"]),
             embedding_dim=int(metadata["embedding_dim"]), mean=mean, std=std,
             resolution=int(metadata["resolution"]), role=metadata["role"],
@@ -259,9 +304,28 @@ def _parse_metadata(file: Path, metadata: dict[str, str]) -> ModelInfo:
             from err
     if info.role not in ROLES:
         raise FormatError(f"{file} has role {info.role!r}; expected teacher or student.")
-    if info.resolution <= 0:
-        raise FormatError(f"{file} has resolution {info.resolution}; expected a positive int.")
+    problems = _metadata_problems(info)
+    if problems:
+        raise FormatError(f"{file} has impossible metadata: {'; '.join(problems)}. The file "
+                          "was edited or damaged; re-create it with raml.")
     return info
+
+
+def _metadata_problems(info: ModelInfo) -> list[str]:
+    """What is out of range in parsed metadata (a network built from it would be wrong)."""
+    problems = []
+    if not 8 <= info.resolution <= MAX_RESOLUTION:
+        problems.append(f"resolution {info.resolution} (expected 8 to {MAX_RESOLUTION})")
+    if not all(math.isfinite(v) for v in info.mean):
+        problems.append(f"mean {list(info.mean)} (expected finite numbers)")
+    if not all(math.isfinite(v) and v > 0 for v in info.std):
+        problems.append(f"std {list(info.std)} (expected finite numbers > 0)")
+    if not 0 <= info.whitening <= MAX_EMBEDDING_DIM:
+        problems.append(f"whitening {info.whitening} (expected 0 to {MAX_EMBEDDING_DIM})")
+    if not 1 <= info.embedding_dim <= MAX_EMBEDDING_DIM:
+        problems.append(f"embedding_dim {info.embedding_dim} (expected 1 to "
+                        f"{MAX_EMBEDDING_DIM})")
+    return problems
 
 
 def _floats3(text: str) -> tuple[float, float, float]:

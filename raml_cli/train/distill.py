@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raml_cli.errors import DataError
+from raml_cli.errors import DataError, InputError
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.train.loop import run_training
 from raml_cli.train.options import DistillConfig, read_teacher_info
@@ -104,6 +104,13 @@ class DistillTask(TrainingTask):
     def describe(self) -> dict[str, Any]:
         return describe_distillation(self.config, self.info)
 
+    def _check_same_teacher(self, sha256: str) -> None:
+        # The student records the teacher's sha256: it must be that of the weights used.
+        if sha256 != self.teacher_sha256:
+            raise InputError(f"The teacher file {self.config.teacher} changed while distill "
+                             "was reading it (its sha256 differs from a moment before). Let "
+                             "whatever writes it finish, then run again.")
+
     def build(self, ctx: LoopContext) -> nn.Module:
         from raml_cli.model.files import load_model
         from raml_cli.model.network import build_network
@@ -125,14 +132,16 @@ class DistillTask(TrainingTask):
                 "Lower --batch-size or use more images."
             )
 
-        teacher, _ = load_model(cfg.teacher, device=ctx.device)
+        teacher, loaded = load_model(cfg.teacher, device=ctx.device)
+        self._check_same_teacher(loaded.sha256)
         teacher.eval().requires_grad_(False)
         if ctx.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         self.teacher = teacher
         check_resolution(teacher, self.database_res, self.info.architecture)
         if cfg.init == "teacher":
-            student, _ = load_model(cfg.teacher)
+            student, loaded = load_model(cfg.teacher)
+            self._check_same_teacher(loaded.sha256)
         else:
             student = build_network(self.info.network_config(),
                                     init="pretrained" if cfg.init == "pretrained" else "none",

@@ -25,14 +25,14 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from raml_cli.atomic import ensure_writable_parent
+from raml_cli.atomic import check_outputs_apart, ensure_writable_parent
 from raml_cli.devices import is_cuda, torch_threads
 from raml_cli.distributed import (
     all_reduce_mean,
@@ -95,6 +95,8 @@ class LoopConfig:
         on_validation: called on rank 0 after each validation with ``(epoch, metrics)``
             (e.g. to report to a hyper-parameter search); an exception it raises ends the
             run (the checkpoint is kept).
+        inputs: the files the run reads, by what they are (``{"the teacher": path}``): the
+            model, its checkpoint and its log must be none of them.
     """
 
     output: Path
@@ -126,6 +128,7 @@ class LoopConfig:
     def kept(self) -> str:
         """``best`` or ``last``: what the model file holds (``keep`` resolved)."""
         return self.keep or ("best" if self.val_every else "last")
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (paths as strings; the callback left out)."""
@@ -288,6 +291,10 @@ class _Runner:
 
     def _preflight(self) -> None:
         """Fail before any work: unwritable output, a stale checkpoint, no checkpoint."""
+        # The checkpoint is deleted after the model is saved: -o t.ckpt would lose the model.
+        check_outputs_apart({"the model file (-o)": self.output,
+                             "its checkpoint": self.checkpoint, "its run log": self.log},
+                            self.config.inputs)
         ensure_writable_parent(self.output)
         if not os.access(self.output.parent if str(self.output.parent) else Path("."),
                          os.W_OK):

@@ -204,7 +204,15 @@ class TrainingOptions:
             checkpoint_every=self.checkpoint_every, resume=self.resume, threads=self.threads,
             keep=self.keep, patience=self.patience, monitor=self.monitor,
             tensorboard=None if self.tensorboard is None else Path(self.tensorboard),
+            inputs={what: str(path) for what, path in self.input_files().items()},
         )
+
+    def input_files(self) -> dict[str, Path]:
+        """The files this run reads, by what they are (its outputs must be none of them)."""
+        dataset = getattr(self, "dataset", None)
+        if dataset and Path(dataset).is_file():  # a CSV of the user's own data
+            return {"the dataset (--dataset)": Path(dataset)}
+        return {}
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -232,6 +240,7 @@ class TrainingOptions:
             (self.patience == 0 or self.val_every > 0,
              "--patience counts validations without improvement, so it needs validation: add "
              "--val-every N."),
+            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63 - 1, got {self.seed}."),
         ]
 
 
@@ -297,14 +306,22 @@ class TeacherConfig(TrainingOptions):
         out["init"] = str(self.init)
         return out
 
+    def input_files(self) -> dict[str, Path]:
+        files = super().input_files()
+        if self.init not in ("pretrained", "none"):
+            files["the initial weights (--init-weights)"] = Path(self.init)
+        return files
+
     def rules(self) -> list[tuple[bool, str]]:
         return [
-            (self.res >= 8, f"--res must be at least 8 pixels, got {self.res}."),
+            (8 <= self.res <= _max_resolution(),
+             f"--res must be between 8 and {_max_resolution()} pixels, got {self.res}."),
             *super().rules(),
             (self.negatives >= 1, f"--negatives must be at least 1, got {self.negatives}."),
             (self.margin >= 0, f"--margin must be >= 0, got {self.margin}."),
             (self.pool_size >= 1, f"--pool-size must be at least 1, got {self.pool_size}."),
-            (self.dim >= 0, f"--dim must be 0 (no whitening) or positive, got {self.dim}."),
+            (0 <= self.dim <= 65536,
+             f"--dim must be 0 (no whitening) or up to 65536, got {self.dim}."),
         ]
 
 
@@ -388,10 +405,12 @@ class DistillConfig(TrainingOptions):
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
-            (self.query_res >= 8, f"--query-res must be at least 8 pixels, got "
-                                  f"{self.query_res}."),
-            (self.database_res is None or self.database_res >= 8,
-             f"--database-res must be at least 8 pixels, got {self.database_res}."),
+            (8 <= self.query_res <= _max_resolution(),
+             f"--query-res must be between 8 and {_max_resolution()} pixels, got "
+             f"{self.query_res}."),
+            (self.database_res is None or 8 <= self.database_res <= _max_resolution(),
+             f"--database-res must be between 8 and {_max_resolution()} pixels, got "
+             f"{self.database_res}."),
             (self.mode in DISTILL_MODES, f"--mode must be one of {', '.join(DISTILL_MODES)}, "
                                          f"got {self.mode!r}."),
             (self.init in STUDENT_INITS, f"--init must be one of {', '.join(STUDENT_INITS)}, "
@@ -411,10 +430,19 @@ class DistillConfig(TrainingOptions):
         super().check()
         _check_teacher_exists(self.teacher)
 
+    def input_files(self) -> dict[str, Path]:
+        return {**super().input_files(), "the teacher (--teacher)": Path(self.teacher)}
+
     @property
     def views(self) -> int:
         """``P``: views per image (1 in ``regression`` mode)."""
         return 1 if self.mode == "regression" else self.augs
+
+
+def _max_resolution() -> int:
+    from raml_cli.model.resolution import MAX_RESOLUTION  # torch: only once a run is checked
+
+    return MAX_RESOLUTION
 
 
 def _check_teacher_exists(path: Path) -> None:

@@ -65,7 +65,7 @@ def test_too_few_images_per_class(toy: Path, tmp_path: Path) -> None:
 def test_resolution_and_preset_errors(toy: Path, tmp_path: Path) -> None:
     code, out = _run("--dataset", str(toy), "-o", str(tmp_path / "t.safetensors"), *TINY,
                      "--res", "4")
-    assert code == 2 and "--res must be at least 8" in out
+    assert code == 2 and "--res must be between 8" in out
     code, out = _run("--dataset", str(toy), "--preset", "paper", "-o",
                      str(tmp_path / "t.safetensors"))
     assert code == 2 and "--preset paper" in out

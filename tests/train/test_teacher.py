@@ -123,7 +123,7 @@ def test_config_presets_and_checks() -> None:
         TeacherConfig.from_options("toy", preset="paper")
     with pytest.raises(InputError, match="Choose: paper"):
         TeacherConfig.from_options("cub200", preset="fast")
-    with pytest.raises(InputError, match="--res must be at least 8"):
+    with pytest.raises(InputError, match="--res must be between 8"):
         TeacherConfig("toy", res=4).check()
 
 
