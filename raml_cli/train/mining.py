@@ -9,9 +9,13 @@
   proportional to ``q(d)^-1`` spreads the chosen negatives uniformly over
   distances instead of concentrating them at ``d ≈ sqrt(2)``. Distances are clipped
   below at 0.5 (so the nearest negatives do not take all the mass and their noisy
-  gradients do not dominate), images of the anchor's class get probability 0, and
-  the weights are computed in log space and shifted by their maximum before
-  exponentiation (``n`` is 512 or 2048: the raw powers overflow).
+  gradients do not dominate), images of the anchor's class get probability 0,
+  negatives at or beyond ``nonzero_loss_cutoff`` (1.4, as in Wu et al.'s code and
+  pytorch-metric-learning's ``DistanceWeightedMiner``) get probability 0 too (so
+  the draws are spread over the negatives that can still give a loss; an anchor
+  with none below the cutoff draws from all its negatives), and the weights are
+  computed in log space and shifted by their maximum before exponentiation (``n``
+  is 512 or 2048: the raw powers overflow).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from raml_cli.errors import DataError
 
 DISTANCE_CUTOFF = 0.5
+NONZERO_LOSS_CUTOFF = 1.4
 
 
 def hardest_positive(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -63,12 +68,18 @@ def log_inverse_sphere_density(distances: torch.Tensor, dim: int,
 
 def negative_probabilities(anchors: torch.Tensor, anchor_labels: torch.Tensor,
                            pool: torch.Tensor, pool_labels: torch.Tensor,
-                           cutoff: float = DISTANCE_CUTOFF) -> torch.Tensor:
+                           cutoff: float = DISTANCE_CUTOFF,
+                           nonzero_loss_cutoff: float | None = NONZERO_LOSS_CUTOFF
+                           ) -> torch.Tensor:
     """Sampling probabilities ``[A, M]`` of each pool item as a negative of each anchor.
 
     Args:
         anchors: ``[A, D]`` unit rows; ``anchor_labels``: ``[A]``.
         pool: ``[M, D]`` unit rows; ``pool_labels``: ``[M]``.
+        cutoff: the lower clip of the distance.
+        nonzero_loss_cutoff: negatives at this Euclidean distance or farther get
+            probability 0, unless the anchor has no other-class item nearer (``None``:
+            no upper cutoff).
 
     Returns:
         float64 rows summing to 1 (all zeros for an anchor with no other-class item);
@@ -80,6 +91,10 @@ def negative_probabilities(anchors: torch.Tensor, anchor_labels: torch.Tensor,
     log_w = log_inverse_sphere_density(distances, dim, cutoff)
     same = anchor_labels[:, None].to(pool_labels.device) == pool_labels[None, :]
     log_w = log_w.masked_fill(same, float("-inf"))
+    if nonzero_loss_cutoff is not None:
+        far = distances >= nonzero_loss_cutoff
+        near_any = (~far & ~same).any(dim=1, keepdim=True)
+        log_w = log_w.masked_fill(far & near_any, float("-inf"))
     peak = log_w.max(dim=1, keepdim=True).values
     weights = torch.exp(log_w - torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)))
     total = weights.sum(dim=1, keepdim=True)
@@ -89,7 +104,8 @@ def negative_probabilities(anchors: torch.Tensor, anchor_labels: torch.Tensor,
 def sample_negatives(anchors: torch.Tensor, anchor_labels: torch.Tensor,
                      pool: torch.Tensor, pool_labels: torch.Tensor, num: int,
                      generator: torch.Generator, cutoff: float = DISTANCE_CUTOFF,
-                     chunk: int = 1024) -> torch.Tensor:
+                     chunk: int = 1024,
+                     nonzero_loss_cutoff: float | None = NONZERO_LOSS_CUTOFF) -> torch.Tensor:
     """Draw ``num`` negatives per anchor by distance-weighted sampling (CPU, deterministic).
 
     Draws are without replacement when the anchor has at least ``num`` other-class items
@@ -101,6 +117,7 @@ def sample_negatives(anchors: torch.Tensor, anchor_labels: torch.Tensor,
         num: negatives per anchor.
         generator: a CPU generator (the result depends only on it and the inputs).
         chunk: anchors processed at once (bounds memory to ``chunk * M`` doubles).
+        nonzero_loss_cutoff: as in :func:`negative_probabilities`.
 
     Returns:
         ``[A, num]`` int64 positions in the pool.
@@ -114,7 +131,7 @@ def sample_negatives(anchors: torch.Tensor, anchor_labels: torch.Tensor,
     for start in range(0, anchors.shape[0], chunk):
         stop = start + chunk
         probs = negative_probabilities(anchors[start:stop], anchor_labels[start:stop], pool,
-                                       pool_labels, cutoff)
+                                       pool_labels, cutoff, nonzero_loss_cutoff)
         available = (probs > 0).sum(dim=1)
         if bool((available == 0).any()):
             raise DataError(
