@@ -49,6 +49,10 @@ def command(
         "Global pooling: gem (learnable p), mac (max) or spoc (average).", "gem"))] = None,
     dim: Annotated[int | None, typer.Option("--dim", min=0, help=_help(
         "Output size of the whitening layer (0: no whitening).", 512))] = None,
+    whitening_init: Annotated[str | None, typer.Option("--whitening-init", help=_help(
+        "How the whitening layer starts: pca (the centred PCA whitening of pooled, "
+        "L2-normalised descriptors of 1000 seeded training images, computed before the "
+        "first epoch) or random.", "pca"))] = None,
     pretrained: Annotated[bool | None, typer.Option(
         "--pretrained/--no-pretrained", help=_help(
             "Start from ImageNet weights (needs the model hub or a local cache) or from "
@@ -110,6 +114,7 @@ def command(
         None if pretrained is None else ("pretrained" if pretrained else "none"))
     config = TeacherConfig.from_options(
         dataset, preset=preset, output=output, root=root, arch=arch, pool=pool, dim=dim,
+        whitening_init=whitening_init,
         init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay,
         samples_per_class=samples_per_class, negatives=negatives, margin=margin,
         batch_size=batch_size, accumulate=accumulate, images_per_epoch=images_per_epoch,

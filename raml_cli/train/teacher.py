@@ -69,6 +69,11 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
 #: Training images whose activations set the BatchNorm statistics of a random init.
 CALIBRATION_IMAGES = 256
 
+#: The collapse warning: an epoch loss within this fraction of the margin ...
+PLATEAU_TOLERANCE = 0.05
+#: ... for this many consecutive epochs.
+PLATEAU_EPOCHS = 2
+
 #: Options that do not change what is computed (so a run may resume with other values).
 _RUNTIME_OPTIONS = ("output", "root", "workers", "device", "resume", "checkpoint_every",
                     "embed_batch_size", "threads", "preset")
@@ -85,6 +90,9 @@ class TeacherConfig:
         arch: backbone name (timm, or ``torchvision/<name>``).
         pool: ``gem``, ``mac`` or ``spoc``.
         dim: whitening output size (0: no whitening).
+        whitening_init: ``pca`` (the centred PCA whitening of pooled, L2-normalised
+            descriptors of a seeded sample of training images; see
+            :mod:`raml_cli.model.whitening`) or ``random`` (the layer's random init).
         init: ``pretrained`` (ImageNet weights), ``none`` (random) or a weights file path.
         res: training resolution in pixels (square crops).
         epochs: epochs of ``images_per_epoch`` anchors.
@@ -115,6 +123,7 @@ class TeacherConfig:
     arch: str = "resnet50"
     pool: str = "gem"
     dim: int = 512
+    whitening_init: str = "pca"
     init: str = "pretrained"
     res: int = 448
     epochs: int = 100
@@ -190,6 +199,9 @@ class TeacherConfig:
         for ok, message in rules:
             if not ok:
                 raise InputError(message)
+        from raml_cli.model.whitening import check_whitening_init
+
+        self.whitening_init = check_whitening_init(self.whitening_init)
 
 
 class TeacherTask(TrainingTask):
@@ -204,6 +216,10 @@ class TeacherTask(TrainingTask):
         self.plan = torch.zeros((0, 0), dtype=torch.int64)  # [micro-batches, batch_size]
         self.plan_negatives = torch.zeros((0, 0), dtype=torch.int64)  # [anchors, negatives]
         self.loader: Any = None  # made on first use: its workers live as long as the task
+        self.epoch_losses: list[float] = []  # this rank's mean loss of each finished epoch
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._loss_count = 0
+        self._warned_plateau = False
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -269,6 +285,8 @@ class TeacherTask(TrainingTask):
             if count:
                 ctx.reporter.log(f"random init: BatchNorm statistics of {count} layer(s) "
                                  f"measured on {len(images)} training images, then frozen")
+        if network.whitening is not None and cfg.whitening_init == "pca":
+            self._init_whitening(network, ctx)
         self.loss = build_loss("triplet", margin=cfg.margin)
         ctx.reporter.log(
             f"teacher: {cfg.arch} ({cfg.pool}, dim {network.embedding_dim}) at {cfg.res} px on "
@@ -277,6 +295,32 @@ class TeacherTask(TrainingTask):
             f"anchors x (1 + {cfg.negatives} negatives) per epoch and process"
         )
         return network
+
+    def _init_whitening(self, network: nn.Module, ctx: LoopContext) -> None:
+        """Set the whitening layer to the PCA whitening of a seeded sample's descriptors.
+
+        A random layer keeps the common positive component of post-activation features
+        (every vector in one narrow cone) and the triplet loss then collapses the space;
+        see :mod:`raml_cli.model.whitening`. Every rank computes the same sample.
+        """
+        from raml_cli.data.images import ImageDataset
+        from raml_cli.model.whitening import PCA_IMAGES, init_whitening_pca, pooled_descriptors
+        from raml_cli.train.sampler import epoch_generator
+
+        cfg = self.config
+        rng = epoch_generator(ctx.seed, 0, "whitening")
+        chosen = np.sort(rng.permutation(len(self.samples))[:PCA_IMAGES])
+        images = ImageDataset(self.image_root, [self.samples[int(i)] for i in chosen],
+                              self.eval_tf)
+        step = cfg.embed_batch_size
+        loader = ctx.data_loader(images, [list(range(i, min(i + step, len(images))))
+                                          for i in range(0, len(images), step)])
+        with ctx.autocast():
+            descriptors = pooled_descriptors(network, (batch[0] for batch in loader),
+                                             ctx.to_device)
+        init_whitening_pca(network, descriptors)
+        ctx.reporter.log(f"whitening: PCA of {len(images)} training images' descriptors "
+                         f"({network.backbone_dim} -> {network.embedding_dim}, centred)")
 
     def param_groups(self, module: nn.Module, lr: float,
                      weight_decay: float) -> list[dict[str, Any]]:
@@ -292,6 +336,7 @@ class TeacherTask(TrainingTask):
         from raml_cli.train.mining import sample_negatives
         from raml_cli.train.sampler import epoch_generator
 
+        self._finish_epoch_loss(ctx)
         cfg = self.config
         plan = np.asarray(self.sampler.epoch_batches(ctx.seed, epoch, ctx.world_size),
                           dtype=np.int64)
@@ -384,7 +429,21 @@ class TeacherTask(TrainingTask):
         positive = hardest_positive(anchors.detach(), labels[:bs].to(anchors.device))
         valid = positive >= 0
         loss = self.loss(anchors[valid], anchors[positive[valid]], negatives[valid])
+        self._loss_sum = self._loss_sum + loss.detach().float()
+        self._loss_count += 1
         return LossOutput(loss, int(images.shape[0]))
+
+    def _finish_epoch_loss(self, ctx: LoopContext) -> None:
+        """Close the running epoch's loss (if any) and warn when it sits at the margin."""
+        if not self._loss_count:
+            return
+        self.epoch_losses.append(float(self._loss_sum) / self._loss_count)
+        self._loss_sum, self._loss_count = 0.0, 0
+        if not self._warned_plateau and ctx.is_main and loss_at_margin(
+                self.epoch_losses, self.config.margin):
+            self._warned_plateau = True
+            ctx.reporter.warn(plateau_warning(self.epoch_losses[-PLATEAU_EPOCHS:],
+                                              self.config.margin))
 
     # -- validation, state, output ----------------------------------------------------------
 
@@ -399,12 +458,14 @@ class TeacherTask(TrainingTask):
 
     def state_dict(self) -> dict[str, Any]:
         return {"plan_epoch": self.plan_epoch, "plan": self.plan.clone(),
-                "plan_negatives": self.plan_negatives.clone()}
+                "plan_negatives": self.plan_negatives.clone(),
+                "epoch_losses": list(self.epoch_losses)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan_epoch = int(state["plan_epoch"])
         self.plan = state["plan"].clone()
         self.plan_negatives = state["plan_negatives"].clone()
+        self.epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
 
     def close(self) -> None:
         self.loader = None  # its persistent workers exit with it
@@ -413,10 +474,43 @@ class TeacherTask(TrainingTask):
              result: TrainingResult) -> None:
         from raml_cli.model.files import save_model
 
+        self._finish_epoch_loss(ctx)
         config = self.config.to_dict()
         config.update({"train_split": self.train_split, "world_size": ctx.world_size})
         save_model(path, module, resolution=self.config.res, role="teacher",
                    dataset=self.dataset_name, config=config)
+
+
+def loss_at_margin(losses: list[float], margin: float, tolerance: float = PLATEAU_TOLERANCE,
+                   epochs: int = PLATEAU_EPOCHS) -> bool:
+    """True when each of the last ``epochs`` epoch losses lies within ``tolerance * margin``
+    of ``margin``.
+
+    ``margin`` is what every triplet loses when all vectors coincide
+    (``|a-p|^2 = |a-n|^2 = 0``): a loss that stays there means the space is collapsing.
+
+    >>> loss_at_margin([0.75, 0.69, 0.67], 0.7)
+    True
+    >>> loss_at_margin([0.75, 0.5, 0.3], 0.7)
+    False
+    """
+    if margin <= 0 or len(losses) < epochs:
+        return False
+    return all(abs(loss - margin) <= tolerance * margin for loss in losses[-epochs:])
+
+
+def plateau_warning(losses: list[float], margin: float) -> str:
+    """The one-paragraph warning of :func:`loss_at_margin`."""
+    shown = ", ".join(f"{loss:.3f}" for loss in losses)
+    return (
+        f"The triplet loss stayed within {100 * PLATEAU_TOLERANCE:.0f}% of the margin "
+        f"{margin:g} for {len(losses)} epochs ({shown}): that is the loss of triplets whose "
+        "vectors all coincide, so the embedding space is collapsing into a narrow cone. "
+        "Symmetric recall can still look fine, but asymmetric search (student queries "
+        "against this teacher's database) will fail. Try --whitening-init pca (the default) "
+        "if you set random, a lower --lr, or more --epochs if the loss is still falling; "
+        "check the spread of the space with raml embed and raml evaluate."
+    )
 
 
 def calibrate_batchnorm(network: nn.Module, batches: Iterable[torch.Tensor],

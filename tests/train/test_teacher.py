@@ -125,6 +125,9 @@ def test_config_presets_and_checks() -> None:
         TeacherConfig.from_options("cub200", preset="fast")
     with pytest.raises(InputError, match="--res must be at least 8"):
         TeacherConfig("toy", res=4).check()
+    assert TeacherConfig("toy").to_dict()["whitening_init"] == "pca"  # recorded in the model
+    with pytest.raises(InputError, match="--whitening-init 'zca'.*pca, random"):
+        TeacherConfig("toy", whitening_init="zca").check()
 
 
 class _NeedsLargeInput(nn.Module):
@@ -172,3 +175,43 @@ def test_sampler_state_round_trips(toy: Path, tmp_path: Path) -> None:
     first = next(iter(task.batches(0, 1, ctx)))
     again = next(iter(other.batches(0, 1, ctx)))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+class _Warnings:
+    """A reporter that keeps its warnings."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def log(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_loss_at_the_margin_for_two_epochs_warns_of_collapse(toy: Path, tmp_path: Path) -> None:
+    from raml_cli.train.teacher import loss_at_margin
+
+    assert loss_at_margin([0.75, 0.69, 0.67], 0.7)  # the losses of a collapsed run
+    assert not loss_at_margin([0.69, 0.5], 0.7) and not loss_at_margin([0.7], 0.7)
+    assert not loss_at_margin([0.0, 0.0], 0.0)
+    task = TeacherTask(_config(toy, tmp_path / "x.safetensors", margin=0.7))
+    reporter = _Warnings()
+    ctx = LoopContext(device=torch.device("cpu"), reporter=reporter)  # type: ignore[arg-type]
+    for epoch_loss in ([0.9, 0.8], [0.70, 0.71], [0.69, 0.68]):
+        for value in epoch_loss:  # what compute_loss records per micro-batch
+            task._loss_sum = task._loss_sum + torch.tensor(value)
+            task._loss_count += 1
+        task._finish_epoch_loss(ctx)
+    assert task.epoch_losses == pytest.approx([0.85, 0.705, 0.685])
+    assert len(reporter.warnings) == 1
+    assert "within 5% of the margin 0.7 for 2 epochs (0.705, 0.685)" in reporter.warnings[0]
+    assert "collapsing" in reporter.warnings[0] and "--whitening-init" in reporter.warnings[0]
+    task._loss_sum, task._loss_count = torch.tensor(0.7), 1
+    task._finish_epoch_loss(ctx)
+    assert len(reporter.warnings) == 1  # once per run
+    assert TeacherTask(task.config).epoch_losses == []
+    other = TeacherTask(task.config)
+    other.load_state_dict(task.state_dict())
+    assert other.epoch_losses == task.epoch_losses  # a resumed run keeps counting
