@@ -73,6 +73,10 @@ def command(
         4))] = None,
     negatives: Annotated[int | None, typer.Option("--negatives", min=1, help=_help(
         "Negatives per anchor, drawn by distance-weighted sampling.", 4))] = None,
+    positives: Annotated[str | None, typer.Option("--positives", help=_help(
+        "Positives per anchor: all (every other image of its class in the batch, as the "
+        "reference code) or hardest (the least similar one only; with hard negatives it "
+        "collapses the space).", "all"))] = None,
     margin: Annotated[float | None, typer.Option("--margin", min=0.0, help=_help(
         "Triplet margin on squared distances of unit vectors.", 0.7))] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help=_help(
@@ -116,7 +120,8 @@ def command(
         dataset, preset=preset, output=output, root=root, arch=arch, pool=pool, dim=dim,
         whitening_init=whitening_init,
         init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay,
-        samples_per_class=samples_per_class, negatives=negatives, margin=margin,
+        samples_per_class=samples_per_class, negatives=negatives, positives=positives,
+        margin=margin,
         batch_size=batch_size, accumulate=accumulate, images_per_epoch=images_per_epoch,
         pool_size=pool_size, workers=workers, seed=seed, device=device, val_every=val_every,
         checkpoint_every=checkpoint_every, resume=resume,

@@ -1,7 +1,10 @@
 """Choosing positives and negatives for the triplet loss.
 
+- :func:`positive_pairs`: every (anchor, positive) pair of a batch: each anchor with
+  each other image of its class (the reference code's choice, and the default).
 - :func:`hardest_positive`: for each anchor of a batch, the least similar other
-  image of its class in the batch.
+  image of its class in the batch. Combined with hard negatives it collapses a
+  pretrained network's space (Wu et al., section 3; docs/train.md has the numbers).
 - :func:`sample_negatives`: distance-weighted sampling (Wu et al., "Sampling
   matters in deep embedding learning", ICCV 2017). For unit vectors in ``n``
   dimensions, the distance ``d`` between two random points has density
@@ -26,6 +29,28 @@ from raml_cli.errors import DataError
 
 DISTANCE_CUTOFF = 0.5
 NONZERO_LOSS_CUTOFF = 1.4
+
+
+POSITIVE_CHOICES = ("all", "hardest")
+
+
+def positive_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ordered pair ``(anchor, positive)`` of distinct same-class rows of a batch.
+
+    Args:
+        labels: ``[B]`` class ids.
+
+    Returns:
+        Two ``[T]`` int64 index tensors (anchors in increasing order, then positives);
+        a row alone in its class takes part in no pair.
+
+    >>> positive_pairs(torch.tensor([3, 3, 5]))
+    (tensor([0, 1]), tensor([1, 0]))
+    """
+    same = labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    anchors, positives = torch.nonzero(same, as_tuple=True)
+    return anchors, positives
 
 
 def hardest_positive(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

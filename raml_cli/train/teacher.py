@@ -12,10 +12,12 @@ METHOD.md, "Teacher training". Per epoch:
    images of other classes are drawn from the pool by distance-weighted sampling
    (:func:`~raml_cli.train.mining.sample_negatives`).
 3. Each micro-batch forwards its anchors and their negatives (random resized crop +
-   flip at ``res``) through the network; each anchor's positive is the hardest
-   (least similar) other anchor of its class in the micro-batch; the loss is the
+   flip at ``res``) through the network; each anchor is paired with every other
+   anchor of its class in the micro-batch as positive (``positives="all"``, the
+   reference code's choice; ``"hardest"`` keeps only the least similar one, which
+   with hard negatives collapses a pretrained network's space); the loss is the
    triplet loss on squared distances (:class:`~raml_cli.train.losses.TripletLoss`)
-   averaged over the ``batch_size * negatives`` triplets.
+   averaged over the ``batch_size * (samples_per_class - 1) * negatives`` triplets.
 
 The network keeps BatchNorm statistics frozen (from random weights, ``init="none"``,
 they are first measured on 256 training images: the default statistics of a random
@@ -100,6 +102,9 @@ class TeacherConfig:
         weight_decay: AdamW weight decay (none for GeM's p).
         samples_per_class: images per class that sit together in a micro-batch.
         negatives: negatives drawn per anchor.
+        positives: ``all`` (each anchor with every other image of its class in the
+            micro-batch, as the reference code does) or ``hardest`` (only the least
+            similar one; with hard negatives it collapses the space).
         margin: triplet margin (squared distances, in [0, 4]).
         batch_size: anchors per micro-batch (a forward pass holds
             ``batch_size * (1 + negatives)`` images).
@@ -131,6 +136,7 @@ class TeacherConfig:
     weight_decay: float = 1e-6
     samples_per_class: int = 4
     negatives: int = 4
+    positives: str = "all"
     margin: float = 0.7
     batch_size: int = 20
     accumulate: int = 1
@@ -200,8 +206,15 @@ class TeacherConfig:
             if not ok:
                 raise InputError(message)
         from raml_cli.model.whitening import check_whitening_init
+        from raml_cli.train.mining import POSITIVE_CHOICES
 
         self.whitening_init = check_whitening_init(self.whitening_init)
+        if str(self.positives).strip().lower() not in POSITIVE_CHOICES:
+            raise InputError(f"Unknown --positives {self.positives!r}. Choose one of: "
+                             f"{', '.join(POSITIVE_CHOICES)} (all: each anchor with every "
+                             "other image of its class in the batch, the default; hardest: "
+                             "only the least similar one).")
+        self.positives = str(self.positives).strip().lower()
 
 
 class TeacherTask(TrainingTask):
@@ -419,16 +432,21 @@ class TeacherTask(TrainingTask):
         return ((images, labels, bs) for images, labels, _ in self.loader.epoch(mine))
 
     def compute_loss(self, model: nn.Module, batch: Any, ctx: LoopContext) -> LossOutput:
-        from raml_cli.train.mining import hardest_positive
+        from raml_cli.train.mining import hardest_positive, positive_pairs
 
         images, labels, bs = batch
         with ctx.autocast():
             vectors = model(ctx.to_device(images)).float()
         anchors = vectors[:bs]
         negatives = vectors[bs:].reshape(bs, self.config.negatives, -1)
-        positive = hardest_positive(anchors.detach(), labels[:bs].to(anchors.device))
-        valid = positive >= 0
-        loss = self.loss(anchors[valid], anchors[positive[valid]], negatives[valid])
+        anchor_labels = labels[:bs].to(anchors.device)
+        if self.config.positives == "hardest":
+            positive = hardest_positive(anchors.detach(), anchor_labels)
+            rows = torch.nonzero(positive >= 0).flatten()
+            positive = positive[rows]
+        else:  # every (anchor, positive) pair: B * (samples_per_class - 1) of them
+            rows, positive = positive_pairs(anchor_labels)
+        loss = self.loss(anchors[rows], anchors[positive], negatives[rows])
         self._loss_sum = self._loss_sum + loss.detach().float()
         self._loss_count += 1
         return LossOutput(loss, int(images.shape[0]))

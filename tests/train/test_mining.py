@@ -12,6 +12,7 @@ from raml_cli.train.mining import (
     hardest_positive,
     log_inverse_sphere_density,
     negative_probabilities,
+    positive_pairs,
     sample_negatives,
 )
 
@@ -22,6 +23,13 @@ def test_hardest_positive() -> None:
     # row 0: sims to rows 1, 2 are .8, 0 -> 2; row 1: .8, .6 -> 2; row 2: 0, .6 -> 0;
     # rows 3 and 4 only have each other; row 5 is alone in its class.
     assert hardest_positive(emb, labels).tolist() == [2, 2, 0, 4, 3, -1]
+
+
+def test_positive_pairs_pair_each_anchor_with_every_other_image_of_its_class() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    anchors, positives = positive_pairs(labels)
+    assert list(zip(anchors.tolist(), positives.tolist(), strict=True)) == [
+        (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (3, 4), (4, 3)]  # row 5 is alone
 
 
 def test_log_inverse_density_formula() -> None:

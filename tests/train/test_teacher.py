@@ -128,6 +128,9 @@ def test_config_presets_and_checks() -> None:
     assert TeacherConfig("toy").to_dict()["whitening_init"] == "pca"  # recorded in the model
     with pytest.raises(InputError, match="--whitening-init 'zca'.*pca, random"):
         TeacherConfig("toy", whitening_init="zca").check()
+    assert TeacherConfig("toy").positives == "all"
+    with pytest.raises(InputError, match="--positives 'easy'.*all, hardest"):
+        TeacherConfig("toy", positives="easy").check()
 
 
 class _NeedsLargeInput(nn.Module):
@@ -215,3 +218,36 @@ def test_loss_at_the_margin_for_two_epochs_warns_of_collapse(toy: Path, tmp_path
     other = TeacherTask(task.config)
     other.load_state_dict(task.state_dict())
     assert other.epoch_losses == task.epoch_losses  # a resumed run keeps counting
+
+
+class _Flatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.flatten(1), dim=1)
+
+
+@pytest.mark.parametrize("positives", ["all", "hardest"])
+def test_compute_loss_pairs_anchors_with_all_or_the_hardest_positive(
+        toy: Path, tmp_path: Path, positives: str) -> None:
+    from raml_cli.train.losses import TripletLoss
+
+    task = TeacherTask(_config(toy, tmp_path / "x.safetensors", negatives=1,
+                               positives=positives, margin=0.5))
+    task.loss = TripletLoss(0.5)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 1, 1, generator=g)  # 4 anchors (classes 0, 0, 0, 1), 4 negatives
+    labels = torch.tensor([0, 0, 0, 1, 5, 6, 7, 8])
+    ctx = LoopContext(device=torch.device("cpu"))
+    out = task.compute_loss(_Flatten(), (images, labels, 4), ctx)
+    v = _Flatten()(images)
+    a, n = v[:4], v[4:]
+
+    def triplet(i: int, j: int) -> float:
+        return max(0.0, float((a[i] - a[j]).pow(2).sum() - (a[i] - n[i]).pow(2).sum()) + 0.5)
+
+    if positives == "all":  # 6 pairs among the three class-0 anchors; anchor 3 has none
+        expected = np.mean([triplet(i, j) for i in range(3) for j in range(3) if i != j])
+    else:
+        hardest = [min((j for j in range(3) if j != i), key=lambda j: float(a[i] @ a[j]))
+                   for i in range(3)]
+        expected = np.mean([triplet(i, hardest[i]) for i in range(3)])
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
