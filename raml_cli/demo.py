@@ -59,6 +59,14 @@ DEMO_TEACHER: dict[str, Any] = {
     "lr": 1e-3, "margin": 0.2, "samples_per_class": 4, "negatives": 1, "batch_size": 20,
     "images_per_epoch": 0, "pool_size": 1000,
 }
+#: With ``--init-weights`` (a pretrained backbone, e.g. the ImageNet weights of
+#: ``tf_efficientnet_lite0``), these replace the random-init choices of
+#: :data:`DEMO_TEACHER`: the train-teacher defaults for the loss and the learning rate
+#: (a pretrained network is fine-tuned, not trained from scratch), fewer epochs.
+DEMO_PRETRAINED_TEACHER: dict[str, Any] = {
+    "arch": "tf_efficientnet_lite0", "lr": 1e-4, "margin": 0.7, "negatives": 4,
+    "epochs": 4,
+}
 #: Distillation of the demo (options of :class:`~raml_cli.train.distill.DistillConfig`):
 #: the paper's method (coupled augmentations, mixup, the full loss with the reference's
 #: CUB weights), student initialised from the teacher, a short schedule.
@@ -81,6 +89,11 @@ class DemoConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         dataset: ``None`` for the built-in toy dataset (generated into ``OUT/data``), or
             a dataset name / path as ``--dataset`` takes it (then it is not generated).
+        arch: the backbone of teacher and student (``None``: ``test_resnet``, or
+            ``tf_efficientnet_lite0`` with ``init_weights``).
+        init_weights: a weights file (safetensors or a PyTorch state dict) to start the
+            teacher from, instead of random weights; then :data:`DEMO_PRETRAINED_TEACHER`
+            applies.
         teacher, student: overrides of :data:`DEMO_TEACHER` / :data:`DEMO_STUDENT`
             (e.g. a tiny run for tests).
         workers: DataLoader processes (default: 1 on the CPU, so that decoding and
@@ -96,6 +109,8 @@ class DemoConfig:
     database_res: int = 128
     device: str = "auto"
     dataset: str | None = None
+    arch: str | None = None
+    init_weights: Path | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
@@ -112,6 +127,21 @@ class DemoConfig:
                              "against a large-resolution database.")
         if 1 not in self.ks or 4 not in self.ks:
             raise InputError("The demo table needs recall at 1 and 4; keep 1 and 4 in ks.")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise InputError(f"--init-weights {self.init_weights} is not a file. Give the "
+                             "path of a weights file (safetensors or a PyTorch state dict) "
+                             "whose tensors fit --arch.")
+
+    def teacher_options(self) -> dict[str, Any]:
+        """The options of the demo's teacher: defaults, pretrained choices, overrides."""
+        options = dict(DEMO_TEACHER)
+        if self.init_weights is not None:
+            options.update(DEMO_PRETRAINED_TEACHER)
+            options["init"] = str(self.init_weights)
+        if self.arch is not None:
+            options["arch"] = self.arch
+        options.update(self.teacher)
+        return options
 
 
 @dataclass
@@ -220,7 +250,7 @@ class _Run:
 
         cfg = self.config
         output = self.out / f"teacher-{cfg.database_res}px.safetensors"
-        options = {**DEMO_TEACHER, **cfg.teacher}
+        options = cfg.teacher_options()
         teacher_config = TeacherConfig.from_options(
             dataset, output=output, root=root, res=cfg.database_res, seed=cfg.seed,
             device=self.device, workers=self.workers, **options)
@@ -370,5 +400,5 @@ def _same_embeddings(path: Path, model_sha256: str, res: int, rows: int) -> bool
         return False
 
 
-__all__ = ["DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES",
-           "ROW_TITLES", "run_demo"]
+__all__ = ["DEMO_PRETRAINED_TEACHER", "DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig",
+           "DemoResult", "ROW_NAMES", "ROW_TITLES", "run_demo"]
