@@ -126,3 +126,19 @@ def test_default_demo_shows_the_papers_effect(tmp_path: Path) -> None:
     assert raml["recall@1"] >= naive["recall@1"] + 0.05
     assert raml["recall@1"] > low["recall@1"]
     assert high["recall@1"] > raml["recall@1"]  # the expensive upper bound stays on top
+
+
+def test_init_weights_switches_the_teacher_to_fine_tuning(tmp_path: Path) -> None:
+    from raml_cli.demo import DEMO_PRETRAINED_TEACHER
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    options = DemoConfig(init_weights=weights).teacher_options()
+    assert options["init"] == str(weights)
+    assert {k: options[k] for k in DEMO_PRETRAINED_TEACHER} == DEMO_PRETRAINED_TEACHER
+    assert DemoConfig().teacher_options() == DEMO_TEACHER  # random init: unchanged
+    assert DemoConfig(arch="resnet10t").teacher_options()["arch"] == "resnet10t"
+    missing = CliRunner().invoke(app, ["demo", "--init-weights", str(tmp_path / "none.pth"),
+                                       "--out", str(tmp_path / "demo")])
+    assert missing.exit_code == 2
+    assert "is not a file" in missing.output and "Traceback" not in missing.output
