@@ -39,7 +39,7 @@ def command(
     init_weights: Annotated[Path | None, typer.Option(
         "--init-weights", help="Start the teacher from this weights file (e.g. ImageNet "
         "weights; safetensors or a PyTorch state dict) instead of random weights; the "
-        "teacher then trains with the train-teacher defaults (lr 1e-4, margin 0.7) for 4 "
+        "teacher then trains with the train-teacher defaults (lr 1e-4, margin 0.7) for 3 "
         "epochs.")] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
