@@ -75,6 +75,9 @@ DEMO_STUDENT: dict[str, Any] = {
     "lambda2": 0.6684, "epochs": 6, "lr": 4e-3, "batch_size": 8, "accumulate": 1,
     "images_per_epoch": 0,
 }
+#: With ``--init-weights``, these replace options of :data:`DEMO_STUDENT`: the student
+#: starts from a fine-tuned pretrained teacher, so a lower rate and a shorter schedule.
+DEMO_PRETRAINED_STUDENT: dict[str, Any] = {"epochs": 2, "lr": 1e-3}
 
 
 @dataclass
@@ -141,6 +144,14 @@ class DemoConfig:
         if self.arch is not None:
             options["arch"] = self.arch
         options.update(self.teacher)
+        return options
+
+    def student_options(self) -> dict[str, Any]:
+        """The options of the demo's student: defaults, pretrained choices, overrides."""
+        options = dict(DEMO_STUDENT)
+        if self.init_weights is not None:
+            options.update(DEMO_PRETRAINED_STUDENT)
+        options.update(self.student)
         return options
 
 
@@ -270,7 +281,7 @@ class _Run:
 
         cfg = self.config
         output = self.out / f"student-{cfg.query_res}px.safetensors"
-        options = {**DEMO_STUDENT, **cfg.student}
+        options = cfg.student_options()
         distill_config = DistillConfig.from_options(
             teacher, cfg.query_res, output=output, seed=cfg.seed, device=self.device,
             workers=self.workers, **options)
@@ -400,5 +411,5 @@ def _same_embeddings(path: Path, model_sha256: str, res: int, rows: int) -> bool
         return False
 
 
-__all__ = ["DEMO_PRETRAINED_TEACHER", "DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig",
-           "DemoResult", "ROW_NAMES", "ROW_TITLES", "run_demo"]
+__all__ = ["DEMO_PRETRAINED_STUDENT", "DEMO_PRETRAINED_TEACHER", "DEMO_STUDENT",
+           "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES", "ROW_TITLES", "run_demo"]

@@ -137,6 +137,8 @@ def test_init_weights_switches_the_teacher_to_fine_tuning(tmp_path: Path) -> Non
     assert options["init"] == str(weights)
     assert {k: options[k] for k in DEMO_PRETRAINED_TEACHER} == DEMO_PRETRAINED_TEACHER
     assert DemoConfig().teacher_options() == DEMO_TEACHER  # random init: unchanged
+    assert DemoConfig().student_options() == DEMO_STUDENT
+    assert DemoConfig(init_weights=weights).student_options()["lr"] == 1e-3
     assert DemoConfig(arch="resnet10t").teacher_options()["arch"] == "resnet10t"
     missing = CliRunner().invoke(app, ["demo", "--init-weights", str(tmp_path / "none.pth"),
                                        "--out", str(tmp_path / "demo")])

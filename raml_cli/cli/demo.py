@@ -40,7 +40,7 @@ def command(
         "--init-weights", help="Start the teacher from this weights file (e.g. ImageNet "
         "weights; safetensors or a PyTorch state dict) instead of random weights; the "
         "teacher then trains with the train-teacher defaults (lr 1e-4, margin 0.7) for 3 "
-        "epochs.")] = None,
+        "epochs, the student for 2 at lr 1e-3.")] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
