@@ -523,9 +523,10 @@ def plateau_warning(losses: list[float], margin: float) -> str:
     return (
         f"The triplet loss stayed within {100 * PLATEAU_TOLERANCE:.0f}% of the margin "
         f"{margin:g} for {len(losses)} epochs ({shown}): that is the loss of triplets whose "
-        "vectors all coincide, so the embedding space is collapsing into a narrow cone. "
-        "Symmetric recall can still look fine, but asymmetric search (student queries "
-        "against this teacher's database) will fail. Keep the defaults --positives all and "
+        "vectors all coincide, so the embedding space may be collapsing into a narrow cone "
+        "(or the negatives are as near as the positives). Symmetric recall can still look "
+        "fine, but asymmetric search (student queries against this teacher's database) "
+        "will then fail. Keep the defaults --positives all and "
         "--whitening-init pca if you changed them (the hardest positive against hard "
         "negatives and a random whitening layer collapse a pretrained space), try a lower "
         "--lr, and check the spread of the space with raml embed and raml evaluate."
