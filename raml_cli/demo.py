@@ -59,6 +59,14 @@ DEMO_TEACHER: dict[str, Any] = {
     "lr": 1e-3, "margin": 0.2, "samples_per_class": 4, "negatives": 1, "batch_size": 20,
     "images_per_epoch": 0, "pool_size": 1000,
 }
+#: With ``--init-weights`` (a pretrained backbone, e.g. the ImageNet weights of
+#: ``tf_efficientnet_lite0``), these replace the random-init choices of
+#: :data:`DEMO_TEACHER`: the train-teacher defaults for the loss and the learning rate
+#: (a pretrained network is fine-tuned, not trained from scratch), fewer epochs, and one
+#: negative per anchor as in :data:`DEMO_TEACHER` (lite0 is ~10x slower than test_resnet).
+DEMO_PRETRAINED_TEACHER: dict[str, Any] = {
+    "arch": "tf_efficientnet_lite0", "lr": 1e-4, "margin": 0.7, "epochs": 3,
+}
 #: Distillation of the demo (options of :class:`~raml_cli.train.distill.DistillConfig`):
 #: the paper's method (coupled augmentations, mixup, the full loss with the reference's
 #: CUB weights), student initialised from the teacher, a short schedule.
@@ -67,6 +75,9 @@ DEMO_STUDENT: dict[str, Any] = {
     "lambda2": 0.6684, "epochs": 6, "lr": 4e-3, "batch_size": 8, "accumulate": 1,
     "images_per_epoch": 0,
 }
+#: With ``--init-weights``, these replace options of :data:`DEMO_STUDENT`: the student
+#: starts from a fine-tuned pretrained teacher, so a lower rate and a shorter schedule.
+DEMO_PRETRAINED_STUDENT: dict[str, Any] = {"epochs": 2, "lr": 1e-3}
 
 
 #: PyTorch's CPU threads in the demo. One: the table is then the same on any number of
@@ -86,6 +97,11 @@ class DemoConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         dataset: ``None`` for the built-in toy dataset (generated into ``OUT/data``), or
             a dataset name / path as ``--dataset`` takes it (then it is not generated).
+        arch: the backbone of teacher and student (``None``: ``test_resnet``, or
+            ``tf_efficientnet_lite0`` with ``init_weights``).
+        init_weights: a weights file (safetensors or a PyTorch state dict) to start the
+            teacher from, instead of random weights; then :data:`DEMO_PRETRAINED_TEACHER`
+            applies.
         teacher, student: overrides of :data:`DEMO_TEACHER` / :data:`DEMO_STUDENT`
             (e.g. a tiny run for tests).
         workers: DataLoader processes (default: 1 on the CPU, so that decoding and
@@ -101,6 +117,8 @@ class DemoConfig:
     database_res: int = 128
     device: str = "auto"
     dataset: str | None = None
+    arch: str | None = None
+    init_weights: Path | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
@@ -118,6 +136,29 @@ class DemoConfig:
         if 1 not in self.ks or 4 not in self.ks:
             raise InputError("The demo table needs recall at 1 and 4; keep 1 and 4 in ks.")
         check_seed(self.seed)
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise InputError(f"--init-weights {self.init_weights} is not a file. Give the "
+                             "path of a weights file (safetensors or a PyTorch state dict) "
+                             "whose tensors fit --arch.")
+
+    def teacher_options(self) -> dict[str, Any]:
+        """The options of the demo's teacher: defaults, pretrained choices, overrides."""
+        options = dict(DEMO_TEACHER)
+        if self.init_weights is not None:
+            options.update(DEMO_PRETRAINED_TEACHER)
+            options["init"] = str(self.init_weights)
+        if self.arch is not None:
+            options["arch"] = self.arch
+        options.update(self.teacher)
+        return options
+
+    def student_options(self) -> dict[str, Any]:
+        """The options of the demo's student: defaults, pretrained choices, overrides."""
+        options = dict(DEMO_STUDENT)
+        if self.init_weights is not None:
+            options.update(DEMO_PRETRAINED_STUDENT)
+        options.update(self.student)
+        return options
 
 
 @dataclass
@@ -228,7 +269,7 @@ class _Run:
 
         cfg = self.config
         output = self.out / f"teacher-{cfg.database_res}px.safetensors"
-        options = {**DEMO_TEACHER, **cfg.teacher}
+        options = cfg.teacher_options()
         teacher_config = TeacherConfig.from_options(
             dataset, output=output, root=root, res=cfg.database_res, seed=cfg.seed,
             device=self.device, workers=self.workers, **options)
@@ -249,7 +290,7 @@ class _Run:
 
         cfg = self.config
         output = self.out / f"student-{cfg.query_res}px.safetensors"
-        options = {**DEMO_STUDENT, **cfg.student}
+        options = cfg.student_options()
         distill_config = DistillConfig.from_options(
             teacher, cfg.query_res, output=output, seed=cfg.seed, device=self.device,
             workers=self.workers, **options)
@@ -367,5 +408,5 @@ def _same_options(path: Path, described: dict[str, Any], **expected: Any) -> boo
     return all(recorded.get(key) == value for key, value in wanted.items())
 
 
-__all__ = ["DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES",
-           "ROW_TITLES", "run_demo"]
+__all__ = ["DEMO_PRETRAINED_STUDENT", "DEMO_PRETRAINED_TEACHER", "DEMO_STUDENT",
+           "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES", "ROW_TITLES", "run_demo"]

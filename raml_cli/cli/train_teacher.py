@@ -57,6 +57,10 @@ def command(
         "Global pooling: gem (learnable p), mac (max) or spoc (average).", D, "pool"))] = None,
     dim: Annotated[int | None, typer.Option("--dim", min=0, help=with_default(
         "Output size of the whitening layer (0: no whitening).", D, "dim"))] = None,
+    whitening_init: Annotated[str | None, typer.Option("--whitening-init", help=with_default(
+        "How the whitening layer starts: pca (the centred PCA whitening of pooled, "
+        "L2-normalised descriptors of 1000 seeded training images, computed before the "
+        "first epoch) or random.", D, "whitening_init"))] = None,
     pretrained: Annotated[bool | None, typer.Option(
         "--pretrained/--no-pretrained", help=(
             "Start from ImageNet weights (needs the model hub or a local cache) or from "
@@ -75,6 +79,10 @@ def command(
             D, "samples_per_class"))] = None,
     negatives: Annotated[int | None, typer.Option("--negatives", min=1, help=with_default(
         "Negatives per anchor, drawn by distance-weighted sampling.", D, "negatives"))] = None,
+    positives: Annotated[str | None, typer.Option("--positives", help=with_default(
+        "Positives per anchor: all (every other image of its class in the batch, as the "
+        "reference code) or hardest (the least similar one only; with hard negatives it "
+        "collapses the space).", D, "positives"))] = None,
     margin: Annotated[float | None, typer.Option("--margin", min=0.0, help=with_default(
         "Triplet margin on squared distances of unit vectors.", D, "margin"))] = None,
     batch_size: T.BatchSize = None,
@@ -111,8 +119,9 @@ def command(
     print_training_result(result, "teacher trained", "final loss", "val", json_out)
 
 
-def config_from_options(*, dataset, output, preset, arch, pool, dim, pretrained, init_weights,
-                        res, epochs, lr, weight_decay, samples_per_class, negatives, margin,
+def config_from_options(*, dataset, output, preset, arch, pool, dim, whitening_init,
+                        pretrained, init_weights, res, epochs, lr, weight_decay,
+                        samples_per_class, negatives, positives, margin,
                         batch_size, accumulate, images_per_epoch, pool_size, workers, seed,
                         device, val_every, checkpoint_every, keep, patience, tensorboard,
                         resume, root) -> TeacherConfig:
@@ -121,8 +130,10 @@ def config_from_options(*, dataset, output, preset, arch, pool, dim, pretrained,
         None if pretrained is None else ("pretrained" if pretrained else "none"))
     return TeacherConfig.from_options(
         dataset, preset=preset, output=output, root=root, arch=arch, pool=pool, dim=dim,
+        whitening_init=whitening_init,
         init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay,
-        samples_per_class=samples_per_class, negatives=negatives, margin=margin,
+        samples_per_class=samples_per_class, negatives=negatives, positives=positives,
+        margin=margin,
         batch_size=batch_size, accumulate=accumulate, images_per_epoch=images_per_epoch,
         pool_size=pool_size, workers=workers, seed=seed, device=device, val_every=val_every,
         checkpoint_every=checkpoint_every, resume=resume, keep=keep, patience=patience,

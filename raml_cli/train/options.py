@@ -275,10 +275,16 @@ class TeacherConfig(TrainingOptions):
         arch: backbone name (timm, or ``torchvision/<name>``).
         pool: ``gem``, ``mac`` or ``spoc``.
         dim: whitening output size (0: no whitening).
+        whitening_init: ``pca`` (the centred PCA whitening of pooled, L2-normalised
+            descriptors of a seeded sample of training images; see
+            :mod:`raml_cli.model.whitening`) or ``random`` (the layer's random init).
         init: ``pretrained`` (ImageNet weights), ``none`` (random) or a weights file path.
         res: training resolution in pixels (square crops).
         samples_per_class: images per class that sit together in a micro-batch.
         negatives: negatives drawn per anchor.
+        positives: ``all`` (each anchor with every other image of its class in the
+            micro-batch, as the reference code does) or ``hardest`` (only the least
+            similar one; with hard negatives it collapses the space).
         margin: triplet margin (squared distances, in [0, 4]).
         pool_size: images embedded each epoch to draw negatives from (bounded by the split).
     """
@@ -289,11 +295,13 @@ class TeacherConfig(TrainingOptions):
     arch: str = "resnet50"
     pool: str = "gem"
     dim: int = 512
+    whitening_init: str = "pca"
     init: str = "pretrained"
     res: int = 448
     lr: float = 1e-4
     samples_per_class: int = 4
     negatives: int = 4
+    positives: str = "all"
     margin: float = 0.7
     batch_size: int = 20
     accumulate: int = 1
@@ -323,6 +331,19 @@ class TeacherConfig(TrainingOptions):
             (0 <= self.dim <= 65536,
              f"--dim must be 0 (no whitening) or up to 65536, got {self.dim}."),
         ]
+
+    def check(self) -> None:
+        super().check()
+        from raml_cli.model.whitening import check_whitening_init
+        from raml_cli.train.mining import POSITIVE_CHOICES
+
+        self.whitening_init = check_whitening_init(self.whitening_init)
+        if str(self.positives).strip().lower() not in POSITIVE_CHOICES:
+            raise InputError(f"Unknown --positives {self.positives!r}. Choose one of: "
+                             f"{', '.join(POSITIVE_CHOICES)} (all: each anchor with every "
+                             "other image of its class in the batch, the default; hardest: "
+                             "only the least similar one).")
+        self.positives = str(self.positives).strip().lower()
 
 
 # -- distillation -----------------------------------------------------------------------------

@@ -12,10 +12,12 @@ METHOD.md, "Teacher training". Per epoch:
    images of other classes are drawn from the pool by distance-weighted sampling
    (:func:`~raml_cli.train.mining.sample_negatives`).
 3. Each micro-batch forwards its anchors and their negatives (random resized crop +
-   flip at ``res``) through the network; each anchor's positive is the hardest
-   (least similar) other anchor of its class in the micro-batch; the loss is the
+   flip at ``res``) through the network; each anchor is paired with every other
+   anchor of its class in the micro-batch as positive (``positives="all"``, the
+   reference code's choice; ``"hardest"`` keeps only the least similar one, which
+   with hard negatives collapses a pretrained network's space); the loss is the
    triplet loss on squared distances (:class:`~raml_cli.train.losses.TripletLoss`)
-   averaged over the ``batch_size * negatives`` triplets.
+   averaged over the ``batch_size * (samples_per_class - 1) * negatives`` triplets.
 
 The network keeps BatchNorm statistics frozen (from random weights, ``init="none"``,
 they are first measured on 256 training images: the default statistics of a random
@@ -46,6 +48,12 @@ from raml_cli.train.task import LoopContext, LossOutput, TrainingResult, Trainin
 #: Training images whose activations set the BatchNorm statistics of a random init.
 CALIBRATION_IMAGES = 256
 
+#: The collapse warning: an epoch loss within this fraction of the margin ...
+PLATEAU_TOLERANCE = 0.05
+#: ... for this many consecutive epochs.
+PLATEAU_EPOCHS = 2
+
+
 class TeacherTask(TrainingTask):
     """Triplet-loss training of an :class:`~raml_cli.model.network.EmbeddingNetwork`."""
 
@@ -58,6 +66,10 @@ class TeacherTask(TrainingTask):
         self.plan = torch.zeros((0, 0), dtype=torch.int64)  # [micro-batches, batch_size]
         self.plan_negatives = torch.zeros((0, 0), dtype=torch.int64)  # [anchors, negatives]
         self.loader: Any = None  # made on first use: its workers live as long as the task
+        self.epoch_losses: list[float] = []  # this rank's mean loss of each finished epoch
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._loss_count = 0
+        self._warned_plateau = False
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -118,6 +130,8 @@ class TeacherTask(TrainingTask):
             if count:
                 ctx.reporter.log(f"random init: BatchNorm statistics of {count} layer(s) "
                                  f"measured on {len(images)} training images, then frozen")
+        if network.whitening is not None and cfg.whitening_init == "pca":
+            self._init_whitening(network, ctx)
         self.loss = build_loss("triplet", margin=cfg.margin)
         ctx.reporter.log(
             f"teacher: {cfg.arch} ({cfg.pool}, dim {network.embedding_dim}) at {cfg.res} px on "
@@ -126,6 +140,32 @@ class TeacherTask(TrainingTask):
             f"anchors x (1 + {cfg.negatives} negatives) per epoch and process"
         )
         return network
+
+    def _init_whitening(self, network: nn.Module, ctx: LoopContext) -> None:
+        """Set the whitening layer to the PCA whitening of a seeded sample's descriptors.
+
+        A random layer keeps the common positive component of post-activation features
+        (every vector in one narrow cone) and the triplet loss then collapses the space;
+        see :mod:`raml_cli.model.whitening`. Every rank computes the same sample.
+        """
+        from raml_cli.data.images import ImageDataset
+        from raml_cli.model.whitening import PCA_IMAGES, init_whitening_pca, pooled_descriptors
+        from raml_cli.train.sampler import epoch_generator
+
+        cfg = self.config
+        rng = epoch_generator(ctx.seed, 0, "whitening")
+        chosen = np.sort(rng.permutation(len(self.samples))[:PCA_IMAGES])
+        images = ImageDataset(self.image_root, [self.samples[int(i)] for i in chosen],
+                              self.eval_tf)
+        step = cfg.embed_batch_size
+        loader = ctx.data_loader(images, [list(range(i, min(i + step, len(images))))
+                                          for i in range(0, len(images), step)])
+        with ctx.autocast():
+            descriptors = pooled_descriptors(network, (batch[0] for batch in loader),
+                                             ctx.to_device)
+        init_whitening_pca(network, descriptors)
+        ctx.reporter.log(f"whitening: PCA of {len(images)} training images' descriptors "
+                         f"({network.backbone_dim} -> {network.embedding_dim}, centred)")
 
     def param_groups(self, module: nn.Module, lr: float,
                      weight_decay: float) -> list[dict[str, Any]]:
@@ -141,6 +181,7 @@ class TeacherTask(TrainingTask):
         from raml_cli.train.mining import sample_negatives
         from raml_cli.train.sampler import epoch_generator
 
+        self._finish_epoch_loss(ctx)
         cfg = self.config
         plan = np.asarray(self.sampler.epoch_batches(ctx.seed, epoch, ctx.world_size),
                           dtype=np.int64)
@@ -223,17 +264,36 @@ class TeacherTask(TrainingTask):
         return ((images, labels, bs) for images, labels, _ in self.loader.epoch(mine))
 
     def compute_loss(self, model: nn.Module, batch: Any, ctx: LoopContext) -> LossOutput:
-        from raml_cli.train.mining import hardest_positive
+        from raml_cli.train.mining import hardest_positive, positive_pairs
 
         images, labels, bs = batch
         with ctx.autocast():
             vectors = model(ctx.to_device(images)).float()
         anchors = vectors[:bs]
         negatives = vectors[bs:].reshape(bs, self.config.negatives, -1)
-        positive = hardest_positive(anchors.detach(), labels[:bs].to(anchors.device))
-        valid = positive >= 0
-        loss = self.loss(anchors[valid], anchors[positive[valid]], negatives[valid])
+        anchor_labels = labels[:bs].to(anchors.device)
+        if self.config.positives == "hardest":
+            positive = hardest_positive(anchors.detach(), anchor_labels)
+            rows = torch.nonzero(positive >= 0).flatten()
+            positive = positive[rows]
+        else:  # every (anchor, positive) pair: B * (samples_per_class - 1) of them
+            rows, positive = positive_pairs(anchor_labels)
+        loss = self.loss(anchors[rows], anchors[positive], negatives[rows])
+        self._loss_sum = self._loss_sum + loss.detach().float()
+        self._loss_count += 1
         return LossOutput(loss, int(images.shape[0]))
+
+    def _finish_epoch_loss(self, ctx: LoopContext) -> None:
+        """Close the running epoch's loss (if any) and warn when it sits at the margin."""
+        if not self._loss_count:
+            return
+        self.epoch_losses.append(float(self._loss_sum) / self._loss_count)
+        self._loss_sum, self._loss_count = 0.0, 0
+        if not self._warned_plateau and ctx.is_main and loss_at_margin(
+                self.epoch_losses, self.config.margin):
+            self._warned_plateau = True
+            ctx.reporter.warn(plateau_warning(self.epoch_losses[-PLATEAU_EPOCHS:],
+                                              self.config.margin))
 
     # -- validation, state, output ----------------------------------------------------------
 
@@ -256,12 +316,14 @@ class TeacherTask(TrainingTask):
 
     def state_dict(self) -> dict[str, Any]:
         return {"plan_epoch": self.plan_epoch, "plan": self.plan.clone(),
-                "plan_negatives": self.plan_negatives.clone()}
+                "plan_negatives": self.plan_negatives.clone(),
+                "epoch_losses": list(self.epoch_losses)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan_epoch = int(state["plan_epoch"])
         self.plan = state["plan"].clone()
         self.plan_negatives = state["plan_negatives"].clone()
+        self.epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
 
     def close(self) -> None:
         self.loader = None  # its persistent workers exit with it
@@ -270,11 +332,46 @@ class TeacherTask(TrainingTask):
              result: TrainingResult) -> None:
         from raml_cli.model.files import save_model
 
+        self._finish_epoch_loss(ctx)
         config = self.config.to_dict()
         config.update({"train_split": self.train_split, "world_size": ctx.world_size})
         config["kept"] = result.kept  # which epoch's model this is, and its validation
         save_model(path, module, resolution=self.config.res, role="teacher",
                    dataset=self.dataset_name, config=config)
+
+
+def loss_at_margin(losses: list[float], margin: float, tolerance: float = PLATEAU_TOLERANCE,
+                   epochs: int = PLATEAU_EPOCHS) -> bool:
+    """True when each of the last ``epochs`` epoch losses lies within ``tolerance * margin``
+    of ``margin``.
+
+    ``margin`` is what every triplet loses when all vectors coincide
+    (``|a-p|^2 = |a-n|^2 = 0``): a loss that stays there means the space is collapsing.
+
+    >>> loss_at_margin([0.75, 0.69, 0.67], 0.7)
+    True
+    >>> loss_at_margin([0.75, 0.5, 0.3], 0.7)
+    False
+    """
+    if margin <= 0 or len(losses) < epochs:
+        return False
+    return all(abs(loss - margin) <= tolerance * margin for loss in losses[-epochs:])
+
+
+def plateau_warning(losses: list[float], margin: float) -> str:
+    """The one-paragraph warning of :func:`loss_at_margin`."""
+    shown = ", ".join(f"{loss:.3f}" for loss in losses)
+    return (
+        f"The triplet loss stayed within {100 * PLATEAU_TOLERANCE:.0f}% of the margin "
+        f"{margin:g} for {len(losses)} epochs ({shown}): that is the loss of triplets whose "
+        "vectors all coincide, so the embedding space may be collapsing into a narrow cone "
+        "(or the negatives are as near as the positives). Symmetric recall can still look "
+        "fine, but asymmetric search (student queries against this teacher's database) "
+        "will then fail. Keep the defaults --positives all and "
+        "--whitening-init pca if you changed them (the hardest positive against hard "
+        "negatives and a random whitening layer collapse a pretrained space), try a lower "
+        "--lr, and check the spread of the space with raml embed and raml evaluate."
+    )
 
 
 def train_teacher(config: TeacherConfig, reporter: Reporter = NULL_REPORTER) -> Path:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from raml_cli.cli.app import app
 from raml_cli.data import toy
 from raml_cli.data.toy import generate_toy
-from raml_cli.demo import DEMO_STUDENT, DEMO_TEACHER
+from raml_cli.demo import DEMO_STUDENT, DEMO_TEACHER, DemoConfig
 
 
 def test_demo_command_json_through_the_catalogue(tmp_path: Path, tiny,
@@ -58,3 +58,21 @@ def test_bad_resolution_is_a_clear_error_in_a_subprocess() -> None:
     assert "--query-res (200) must be below the database resolution" in done.stderr
     assert "Traceback" not in done.stderr
     assert not Path("/nonexistent-never-created").exists()
+
+
+def test_init_weights_switches_the_teacher_to_fine_tuning(tmp_path: Path) -> None:
+    from raml_cli.demo import DEMO_PRETRAINED_TEACHER
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    options = DemoConfig(init_weights=weights).teacher_options()
+    assert options["init"] == str(weights)
+    assert {k: options[k] for k in DEMO_PRETRAINED_TEACHER} == DEMO_PRETRAINED_TEACHER
+    assert DemoConfig().teacher_options() == DEMO_TEACHER  # random init: unchanged
+    assert DemoConfig().student_options() == DEMO_STUDENT
+    assert DemoConfig(init_weights=weights).student_options()["lr"] == 1e-3
+    assert DemoConfig(arch="resnet10t").teacher_options()["arch"] == "resnet10t"
+    missing = CliRunner().invoke(app, ["demo", "--init-weights", str(tmp_path / "none.pth"),
+                                       "--out", str(tmp_path / "demo")])
+    assert missing.exit_code == 2
+    assert "is not a file" in missing.output and "Traceback" not in missing.output

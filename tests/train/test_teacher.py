@@ -125,6 +125,12 @@ def test_config_presets_and_checks() -> None:
         TeacherConfig.from_options("cub200", preset="fast")
     with pytest.raises(InputError, match="--res must be between 8"):
         TeacherConfig("toy", res=4).check()
+    assert TeacherConfig("toy").to_dict()["whitening_init"] == "pca"  # recorded in the model
+    with pytest.raises(InputError, match="--whitening-init 'zca'.*pca, random"):
+        TeacherConfig("toy", whitening_init="zca").check()
+    assert TeacherConfig("toy").positives == "all"
+    with pytest.raises(InputError, match="--positives 'easy'.*all, hardest"):
+        TeacherConfig("toy", positives="easy").check()
 
 
 class _NeedsLargeInput(nn.Module):
@@ -212,3 +218,62 @@ def test_validation_reports_the_spread_and_warns_when_collapsed(toy: Path,
     assert collapsed["mean_cosine"] > 0.9
     assert len(reporter.warnings) == 1 and "collapsed" in reporter.warnings[0]
     assert "asymmetric search will be fragile" in reporter.warnings[0]
+
+def test_loss_at_the_margin_for_two_epochs_warns_of_collapse(toy: Path, tmp_path: Path) -> None:
+    from raml_cli.train.teacher import loss_at_margin
+
+    assert loss_at_margin([0.75, 0.69, 0.67], 0.7)  # the losses of a collapsed run
+    assert not loss_at_margin([0.69, 0.5], 0.7) and not loss_at_margin([0.7], 0.7)
+    assert not loss_at_margin([0.0, 0.0], 0.0)
+    task = TeacherTask(_config(toy, tmp_path / "x.safetensors", margin=0.7))
+    reporter = _Recorder()
+    ctx = LoopContext(device=torch.device("cpu"), reporter=reporter)  # type: ignore[arg-type]
+    for epoch_loss in ([0.9, 0.8], [0.70, 0.71], [0.69, 0.68]):
+        for value in epoch_loss:  # what compute_loss records per micro-batch
+            task._loss_sum = task._loss_sum + torch.tensor(value)
+            task._loss_count += 1
+        task._finish_epoch_loss(ctx)
+    assert task.epoch_losses == pytest.approx([0.85, 0.705, 0.685])
+    assert len(reporter.warnings) == 1
+    assert "within 5% of the margin 0.7 for 2 epochs (0.705, 0.685)" in reporter.warnings[0]
+    assert "collapsing" in reporter.warnings[0] and "--whitening-init" in reporter.warnings[0]
+    task._loss_sum, task._loss_count = torch.tensor(0.7), 1
+    task._finish_epoch_loss(ctx)
+    assert len(reporter.warnings) == 1  # once per run
+    assert TeacherTask(task.config).epoch_losses == []
+    other = TeacherTask(task.config)
+    other.load_state_dict(task.state_dict())
+    assert other.epoch_losses == task.epoch_losses  # a resumed run keeps counting
+
+
+class _Flatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.flatten(1), dim=1)
+
+
+@pytest.mark.parametrize("positives", ["all", "hardest"])
+def test_compute_loss_pairs_anchors_with_all_or_the_hardest_positive(
+        toy: Path, tmp_path: Path, positives: str) -> None:
+    from raml_cli.train.losses import TripletLoss
+
+    task = TeacherTask(_config(toy, tmp_path / "x.safetensors", negatives=1,
+                               positives=positives, margin=0.5))
+    task.loss = TripletLoss(0.5)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 1, 1, generator=g)  # 4 anchors (classes 0, 0, 0, 1), 4 negatives
+    labels = torch.tensor([0, 0, 0, 1, 5, 6, 7, 8])
+    ctx = LoopContext(device=torch.device("cpu"))
+    out = task.compute_loss(_Flatten(), (images, labels, 4), ctx)
+    v = _Flatten()(images)
+    a, n = v[:4], v[4:]
+
+    def triplet(i: int, j: int) -> float:
+        return max(0.0, float((a[i] - a[j]).pow(2).sum() - (a[i] - n[i]).pow(2).sum()) + 0.5)
+
+    if positives == "all":  # 6 pairs among the three class-0 anchors; anchor 3 has none
+        expected = np.mean([triplet(i, j) for i in range(3) for j in range(3) if i != j])
+    else:
+        hardest = [min((j for j in range(3) if j != i), key=lambda j: float(a[i] @ a[j]))
+                   for i in range(3)]
+        expected = np.mean([triplet(i, hardest[i]) for i in range(3)])
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
