@@ -100,11 +100,20 @@ def register(name: str, fn: Callable[..., Any], examples: str = "", **kwargs: An
 def _register_all() -> None:
     # One import and one register() line per command; each module defines `command` and
     # `EXAMPLES`.
-    from raml_cli.cli import demo, distill, download, embed, evaluate, info, train_teacher
+    from raml_cli.cli import (
+        demo,
+        distill,
+        download,
+        embed,
+        evaluate,
+        info,
+        tradeoff,
+        train_teacher,
+    )
 
     for name, module in (("download", download), ("train-teacher", train_teacher),
                          ("embed", embed), ("info", info), ("evaluate", evaluate),
-                         ("distill", distill), ("demo", demo)):
+                         ("distill", distill), ("tradeoff", tradeoff), ("demo", demo)):
         register(name, module.command, examples=module.EXAMPLES)
 
 
