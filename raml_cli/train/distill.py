@@ -340,7 +340,6 @@ class DistillTask(TrainingTask):
 
         config = self.config.to_dict()
         config.update({"teacher_architecture": self.info.architecture,
-                       "student_arch": self.student_arch,
                        "dataset": self.dataset_spec, "root": str(self.root),
                        "database_res": self.database_res, "train_split": self.train_split,
                        "world_size": ctx.world_size})
