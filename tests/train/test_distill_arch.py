@@ -109,3 +109,16 @@ def test_init_weights_starts_from_a_file(teacher_file: Path, tmp_path: Path) -> 
     assert read_model_info(out).config["init_weights"] == str(teacher_file)
     with pytest.raises(InputError, match="does not exist"):
         distill_result(_config(teacher_file, out, init_weights=tmp_path / "missing.pt"))
+
+
+def test_command_line_names_the_fix(teacher_file: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from raml_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["distill", "--teacher", str(teacher_file), "--query-res",
+                                      "32", "--student-arch", "test_efficientnet", "-o",
+                                      str(tmp_path / "s.safetensors")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--init pretrained" in result.output
+    assert "--student-arch" in CliRunner().invoke(app, ["distill", "--help"]).output
