@@ -46,6 +46,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, title: str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     axes_keys = [("query_gmacs", "query GMACs per image (log scale)")]
     if rows and all((r.get("query_latency_ms") or {}).get("batch_1") for r in rows):
@@ -63,6 +64,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, title: str,
                 ax.annotate(f"{r['query_res']}", (x, y), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # crowded labels on a short range
         ax.set_xlabel(label)
         ax.set_ylabel(f"{metric.replace('recall', 'R')} (%)")
         ax.grid(True, which="both", alpha=0.3)
