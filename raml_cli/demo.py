@@ -5,15 +5,19 @@ The pipeline, with the same engine functions as the individual commands::
     raml download toy                        -> OUT/data/toy
     raml train-teacher  at R (128 px)        -> OUT/teacher-128px.safetensors
     raml distill        to r (40 px)         -> OUT/student-40px.safetensors
-    raml embed  (test split) teacher@R, teacher@r, student@r   -> OUT/embeddings/*.h5
-    raml evaluate  five ways                 -> the table, OUT/demo.json
+    raml distill --student-arch lcnet_035 at R -> OUT/student-lcnet_035-128px.safetensors
+    raml embed  (test split) teacher@R, teacher@r, student@r, lighter student@R
+                                             -> OUT/embeddings/*.h5
+    raml evaluate  six ways                  -> the table, OUT/demo.json, OUT/tradeoff.png
 
 The table has the rows of the paper's comparison (METHOD.md): the teacher at the
 database resolution (symmetric, the upper bound), the teacher at the query resolution
 (symmetric), *naive asymmetric* (teacher@r queries against the teacher@R database),
-*RAML asymmetric* (student@r queries against the teacher@R database) and the student
-alone at r (symmetric); columns R@1, R@4, mAP (plain, non-interpolated AP over the full
-ranking; ``map`` in :mod:`raml_cli.evaluate`) and the query-side cost in GMACs.
+*RAML asymmetric* (student@r queries against the teacher@R database), *architecture
+asymmetric* (a lighter backbone's student at R against the same database: the
+alternative way to cheap queries) and the student alone at r (symmetric); columns
+R@1, R@4, mAP (plain, non-interpolated AP over the full ranking; ``map`` in
+:mod:`raml_cli.evaluate`) and the query-side cost in GMACs.
 
 Every step keeps its output in ``OUT`` and is skipped when a rerun finds it complete
 and made with the same options (models are checked through their recorded options,
@@ -42,12 +46,13 @@ from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.seeding import check_seed
 
 ROW_NAMES = ("teacher_high_sym", "teacher_low_sym", "naive_asym", "raml_asym",
-             "student_low_sym")
+             "arch_asym", "student_low_sym")
 ROW_TITLES = {
     "teacher_high_sym": "teacher@R symmetric",
     "teacher_low_sym": "teacher@r symmetric",
     "naive_asym": "naive asymmetric (teacher@r -> teacher@R)",
     "raml_asym": "RAML asymmetric (student@r -> teacher@R)",
+    "arch_asym": "architecture asymmetric (lighter student@R -> teacher@R)",
     "student_low_sym": "student@r symmetric",
 }
 
@@ -84,6 +89,14 @@ DEMO_PRETRAINED_STUDENT: dict[str, Any] = {"epochs": 2, "lr": 1e-3}
 #: cores (and on 2 cores the decoding worker has the other one to itself).
 DEMO_CPU_THREADS = 1
 
+#: The architecture-asymmetric student of the demo (Budnik & Avrithis, CVPR 2021): a
+#: lighter backbone at the database resolution, distilled with :data:`DEMO_STUDENT`'s
+#: options from random weights (an ImageNet init would need the network). timm's
+#: ``lcnet_035`` is the lightest timm backbone whose query cost at 128 px (0.012 GMACs)
+#: comes near the RAML student's at 40 px (0.007 GMACs); the tiny ``test_*`` models cost
+#: 0.02 GMACs or more there.
+DEMO_ARCH_STUDENT: dict[str, Any] = {"student_arch": "lcnet_035", "init": "random"}
+
 
 @dataclass
 class DemoConfig:
@@ -103,7 +116,8 @@ class DemoConfig:
             teacher from, instead of random weights; then :data:`DEMO_PRETRAINED_TEACHER`
             applies.
         teacher, student: overrides of :data:`DEMO_TEACHER` / :data:`DEMO_STUDENT`
-            (e.g. a tiny run for tests).
+            (e.g. a tiny run for tests); ``student`` applies to both students.
+        arch_student: overrides of :data:`DEMO_ARCH_STUDENT` (the lighter student).
         workers: DataLoader processes (default: 1 on the CPU, so that decoding and
             augmentation run beside the network; 4 on CUDA).
         threads: CPU threads of PyTorch (default on the CPU: :data:`DEMO_CPU_THREADS`,
@@ -121,6 +135,7 @@ class DemoConfig:
     init_weights: Path | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
+    arch_student: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
     threads: int | None = None
     ks: tuple[int, ...] = (1, 2, 4, 8)
@@ -214,13 +229,18 @@ def run_demo(config: DemoConfig, reporter: Reporter = NULL_REPORTER) -> DemoResu
             teacher = run.train_teacher(dataset, root)
         with run.step("student"):
             student = run.distill(teacher)
+        with run.step("arch_student"):
+            arch_student = run.distill_architecture(teacher)
         with run.step("embed"):
-            embeddings = run.embed(dataset, root, teacher, student)
+            embeddings = run.embed(dataset, root, teacher, student, arch_student)
         with run.step("evaluate"):
-            rows = run.evaluate(embeddings, teacher, student)
+            rows = run.evaluate(embeddings, teacher, student, arch_student)
+        run.plot(rows)
     run.seconds["total"] = time.perf_counter() - started
     result = DemoResult(rows, out, run.seconds, run.reused,
                         {"teacher": str(teacher), "student": str(student),
+                         "arch_student": str(arch_student),
+                         "tradeoff_png": str(out / "tradeoff.png"),
                          **{f"embeddings_{k}": str(v) for k, v in embeddings.items()}})
     record = {**result.to_json(), "seconds": result.seconds, "reused": result.reused,
               "files": result.files, "device": str(device), "workers": workers,
@@ -305,10 +325,34 @@ class _Run:
         distill_config.resume = _checkpoint_exists(output)
         return distill(distill_config, self.reporter, teacher_info=info)
 
+    def distill_architecture(self, teacher: Path) -> Path:
+        """The architecture-asymmetric row's student: a lighter backbone at ``R``."""
+        from raml_cli.train.distill import describe_distillation, distill
+        from raml_cli.train.options import DistillConfig, read_teacher_info
+
+        cfg = self.config
+        options = {**DEMO_STUDENT, **DEMO_ARCH_STUDENT, **cfg.student, **cfg.arch_student}
+        arch = options["student_arch"]
+        output = self.out / f"student-{arch.replace('/', '-')}-{cfg.database_res}px.safetensors"
+        distill_config = DistillConfig.from_options(
+            teacher, cfg.database_res, output=output, seed=cfg.seed, device=self.device,
+            workers=self.workers, **options)
+        distill_config.check()
+        self.reporter.log(f"[3/5] lighter student: {arch} distilled at {cfg.database_res} px "
+                          "(raml distill --student-arch)")
+        info = read_teacher_info(teacher)
+        if _same_options(output, describe_distillation(distill_config, info),
+                         teacher_sha256=info.sha256):
+            self.reused.append("arch_student")
+            self.reporter.log(f"reusing {output}")
+            return output
+        distill_config.resume = _checkpoint_exists(output)
+        return distill(distill_config, self.reporter, teacher_info=info)
+
     # -- 4. embeddings ----------------------------------------------------------------------
 
     def embed(self, dataset: str, root: Path, teacher: Path,
-              student: Path) -> dict[str, Path]:
+              student: Path, arch_student: Path) -> dict[str, Path]:
         from raml_cli.data.catalog import load_dataset
         from raml_cli.embed import embed_dataset
         from raml_cli.model.files import file_sha256
@@ -322,10 +366,11 @@ class _Run:
             "teacher_high": (teacher, cfg.database_res, "teacher"),
             "teacher_low": (teacher, cfg.query_res, "teacher"),
             "student_low": (student, cfg.query_res, "student"),
+            "arch_high": (arch_student, cfg.database_res, arch_student.stem.rsplit("-", 1)[0]),
         }
-        self.reporter.log(f"[4/5] embedding the {len(samples)} test images three ways "
+        self.reporter.log(f"[4/5] embedding the {len(samples)} test images four ways "
                           "(raml embed)")
-        hashes = {model: file_sha256(model) for model in (teacher, student)}
+        hashes = {model: file_sha256(model) for model in (teacher, student, arch_student)}
         paths = [s.path for s in samples]
         files = {}
         for key, (model, res, role) in jobs.items():
@@ -342,7 +387,7 @@ class _Run:
     # -- 5. evaluation ----------------------------------------------------------------------
 
     def evaluate(self, files: dict[str, Path], teacher: Path,
-                 student: Path) -> list[dict[str, Any]]:
+                 student: Path, arch_student: Path) -> list[dict[str, Any]]:
         from raml_cli.evaluate import evaluate_sets
         from raml_cli.model.cost import macs_per_image
         from raml_cli.model.files import load_model
@@ -353,7 +398,9 @@ class _Run:
         sets = {key: read_embeddings(path) for key, path in files.items()}
         teacher_net, _ = load_model(teacher)
         student_net, _ = load_model(student)
+        arch_net, _ = load_model(arch_student)
         gmacs = {
+            "arch_high": macs_per_image(arch_net, cfg.database_res) / 1e9,
             "teacher_high": macs_per_image(teacher_net, cfg.database_res) / 1e9,
             "teacher_low": macs_per_image(teacher_net, cfg.query_res) / 1e9,
             "student_low": macs_per_image(student_net, cfg.query_res) / 1e9,
@@ -363,6 +410,7 @@ class _Run:
             "teacher_low_sym": ("teacher_low", "teacher_low"),
             "naive_asym": ("teacher_low", "teacher_high"),
             "raml_asym": ("student_low", "teacher_high"),
+            "arch_asym": ("arch_high", "teacher_high"),
             "student_low_sym": ("student_low", "student_low"),
         }
         rows = []
@@ -371,7 +419,8 @@ class _Run:
             result = evaluate_sets(sets[query], sets[database], ks=cfg.ks)
             rows.append({
                 "name": name,
-                "query_res": cfg.database_res if query == "teacher_high" else cfg.query_res,
+                "query_res": cfg.database_res if query in ("teacher_high", "arch_high")
+                else cfg.query_res,
                 "database_res": cfg.database_res if database == "teacher_high"
                 else cfg.query_res,
                 "recall@1": float(result.metrics["recall@1"]),
@@ -380,6 +429,22 @@ class _Run:
                 "query_gmacs": round(gmacs[query], 6),
             })
         return rows
+
+    def plot(self, rows: list[dict[str, Any]]) -> None:
+        """``OUT/tradeoff.png``: the asymmetric rows' R@1 against their query GMACs."""
+        from raml_cli.tradeoff.plot import plot_tradeoff
+
+        teacher_arch = {**DEMO_TEACHER, **self.config.teacher}["arch"]
+        arch = {**DEMO_ARCH_STUDENT, **self.config.student,
+                **self.config.arch_student}["student_arch"]
+        kinds = {"teacher_high_sym": ("teacher", teacher_arch),
+                 "naive_asym": ("naive", teacher_arch),
+                 "raml_asym": ("resolution", teacher_arch),
+                 "arch_asym": ("architecture", arch)}
+        points = [{**row, "kind": kinds[row["name"]][0], "student_arch": kinds[row["name"]][1]}
+                  for row in rows if row["name"] in kinds]
+        plot_tradeoff(points, self.out / "tradeoff.png",
+                      "raml demo: toy test split, queries against the teacher@R database")
 
 
 def _checkpoint_exists(output: Path) -> bool:
@@ -408,5 +473,6 @@ def _same_options(path: Path, described: dict[str, Any], **expected: Any) -> boo
     return all(recorded.get(key) == value for key, value in wanted.items())
 
 
-__all__ = ["DEMO_PRETRAINED_STUDENT", "DEMO_PRETRAINED_TEACHER", "DEMO_STUDENT",
-           "DEMO_TEACHER", "DemoConfig", "DemoResult", "ROW_NAMES", "ROW_TITLES", "run_demo"]
+__all__ = ["DEMO_ARCH_STUDENT", "DEMO_CPU_THREADS", "DEMO_PRETRAINED_STUDENT",
+           "DEMO_PRETRAINED_TEACHER", "DEMO_STUDENT", "DEMO_TEACHER", "DemoConfig", "DemoResult",
+           "ROW_NAMES", "ROW_TITLES", "run_demo"]

@@ -122,13 +122,14 @@ def _register_all() -> None:
         index,
         info,
         search,
+        tradeoff,
         train_teacher,
     )
 
     for name, module in (("download", download), ("train-teacher", train_teacher),
                          ("embed", embed), ("info", info), ("evaluate", evaluate),
-                         ("distill", distill), ("demo", demo), ("index", index),
-                         ("search", search)):
+                         ("distill", distill), ("tradeoff", tradeoff), ("demo", demo),
+                         ("index", index), ("search", search)):
         register(name, module.command, examples=module.EXAMPLES)
     from raml_cli.cli import log, tune
 

@@ -27,6 +27,9 @@ Examples:
 
     raml distill --teacher teacher.safetensors --query-res 64 --mode regression \\
         --epochs 20 -o student-regression.safetensors
+
+    raml distill --teacher teacher.safetensors --query-res 448 \\
+        --student-arch mobilenetv3_large_100 --init pretrained -o student-mobilenet.safetensors
 """
 
 # Defaults are shown in the help text but resolved in the engine (DistillConfig), so that
@@ -57,9 +60,19 @@ def command(
     database_res: Annotated[int | None, typer.Option(
         "--database-res", min=1, help="The teacher's resolution; default: the one it was "
         "trained at.")] = None,
+    student_arch: Annotated[str | None, typer.Option(
+        "--student-arch", help="The student's backbone (any timm name or torchvision/NAME); "
+        "default: the teacher's. A lighter architecture at the database resolution is "
+        "architecture asymmetry; it ends with a whitening layer of the teacher's embedding "
+        "size (recorded in the model file) so its vectors live in the teacher's space, and "
+        "needs --init pretrained, random or --init-weights.")] = None,
     init: Annotated[str | None, typer.Option("--init", help=with_default(
-        "The student's initial weights: teacher (a copy of the teacher), pretrained (ImageNet "
-        "weights; needs the model hub or its cache) or random.", D, "init"))] = None,
+        "The student's initial weights: teacher (a copy of the teacher; same architecture "
+        "only), pretrained (ImageNet weights; needs the model hub or its cache) or random "
+        "(BatchNorm statistics measured on training images, then frozen).", D, "init"))] = None,
+    init_weights: Annotated[Path | None, typer.Option(
+        "--init-weights", help="Start the student from the weights in this file (safetensors "
+        "or a PyTorch state dict) instead; overrides --init.")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help=with_default(
         "aug: coupled augmentations and the full loss (the paper's method); regression: only "
         "the absolute term on cached teacher vectors of un-augmented images (cheaper).", D,
@@ -100,7 +113,8 @@ def command(
     The student learns to produce, from a small image, the vector the teacher produces
     from the large one, so student queries search a teacher database directly. The
     dataset, architecture and database resolution come from the teacher's file. The
-    student file records role=student, its resolution and the teacher's sha256.
+    student file records role=student, its own architecture, its resolution and the
+    teacher's sha256 (and the teacher's architecture in its config).
     """
     options = dict(locals())  # every option, first thing: `raml tune` reuses them
     from raml_cli.cli.render import print_training_result
@@ -114,15 +128,17 @@ def command(
                           "val asymmetric", json_out)
 
 
-def config_from_options(*, teacher, query_res, output, preset, dataset, database_res, init,
-                        mode, augs, mixup, no_mixup, lambda1, lambda2, epochs, lr, weight_decay,
+def config_from_options(*, teacher, query_res, output, preset, dataset, database_res,
+                        student_arch, init, init_weights, mode, augs, mixup, no_mixup,
+                        lambda1, lambda2, epochs, lr, weight_decay,
                         batch_size, accumulate, images_per_epoch, workers, seed, device,
                         val_every, checkpoint_every, keep, patience, tensorboard, resume,
                         root) -> DistillConfig:
     """The engine's options from the command's (what `raml tune distill` shares)."""
     return DistillConfig.from_options(
         teacher, query_res, preset=preset, output=output, dataset=dataset,
-        database_res=database_res, root=root, init=init, mode=mode, augs=augs,
+        database_res=database_res, root=root, student_arch=student_arch, init=init,
+        init_weights=init_weights, mode=mode, augs=augs,
         mixup=0.0 if no_mixup else mixup, lambda1=lambda1, lambda2=lambda2, epochs=epochs,
         lr=lr, weight_decay=weight_decay, batch_size=batch_size, accumulate=accumulate,
         images_per_epoch=images_per_epoch, workers=workers, seed=seed, device=device,

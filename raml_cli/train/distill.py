@@ -98,6 +98,8 @@ class DistillTask(TrainingTask):
         teacher_root = self.info.config.get("root") if isinstance(self.info.config, dict) else None
         self.root = Path(config.root if config.root is not None else (teacher_root or "data"))
         self.loader: Any = None  # made on first use: its workers live as long as the task
+        self.student_arch = config.student_arch or self.info.architecture
+        check_student(config, self.info)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -143,24 +145,54 @@ class DistillTask(TrainingTask):
             student, loaded = load_model(cfg.teacher)
             self._check_same_teacher(loaded.sha256)
         else:
-            student = build_network(self.info.network_config(),
-                                    init="pretrained" if cfg.init == "pretrained" else "none",
-                                    reporter=ctx.reporter)
+            init = {"pretrained": "pretrained", "random": "none"}.get(cfg.init,
+                                                                      cfg.init_weights)
+            student = build_network(student_network_config(self.info, self.student_arch),
+                                    init=init, reporter=ctx.reporter)
         student.requires_grad_(True)
-        check_resolution(student, cfg.query_res, self.info.architecture)
+        check_resolution(student, cfg.query_res, self.student_arch)
         mean, std = student.config.mean, student.config.std
+        self.renormalise = _renormaliser(student.config, teacher.config)
+        if cfg.init == "random":
+            self._calibrate_batchnorm(student, ctx)
 
         if cfg.mode == "aug":
             self.train_images = self._coupled_dataset(mean, std)
         else:
             self.train_images = self._regression_dataset(mean, std, ctx)
         ctx.reporter.log(
-            f"student: {self.info.architecture} at {cfg.query_res} px from teacher "
-            f"{Path(cfg.teacher).name} at {self.database_res} px ({cfg.mode} mode, init "
+            f"student: {self.student_arch} (dim {student.embedding_dim}) at {cfg.query_res} px "
+            f"from teacher {self.info.architecture} "
+            f"({Path(cfg.teacher).name}) at {self.database_res} px ({cfg.mode} mode, init "
             f"{cfg.init}) on {data.name}/{self.train_split}: {self.images_per_epoch} images "
             f"x {cfg.views} view(s) per epoch, micro-batches of {cfg.batch_size} images"
         )
         return student
+
+    def _calibrate_batchnorm(self, student: nn.Module, ctx: LoopContext) -> None:
+        """Measure a random init's BatchNorm statistics on training images at ``r``
+        (frozen as they come, the student's vectors collapse to one point)."""
+        from raml_cli.data.images import ImageDataset
+        from raml_cli.data.transforms import eval_transform
+        from raml_cli.model.batchnorm import calibrate_batchnorm
+        from raml_cli.train.sampler import epoch_generator
+        from raml_cli.train.teacher import CALIBRATION_IMAGES
+
+        chosen = epoch_generator(ctx.seed, 0, "calibrate").permutation(len(self.samples))
+        samples = [self.samples[int(i)] for i in chosen[:CALIBRATION_IMAGES]]
+        images = ImageDataset(self.image_root, samples, eval_transform(
+            self.config.query_res, student.config.mean, student.config.std))
+        step = self.config.embed_batch_size
+        loader = ctx.data_loader(images, [list(range(i, min(i + step, len(images))))
+                                          for i in range(0, len(images), step)])
+        student.to(ctx.device)
+        count = calibrate_batchnorm(student, (batch[0] for batch in loader), ctx.device,
+                                    channels_last=ctx.channels_last,
+                                    mixed_precision=ctx.mixed_precision)
+        if count:
+            ctx.reporter.log(f"random init: BatchNorm statistics of {count} layer(s) measured "
+                             f"on {len(images)} training images at {self.config.query_res} "
+                             "px, then frozen")
 
     def _coupled_dataset(self, mean: Any, std: Any) -> Any:
         from raml_cli.data.coupled import CoupledAugmentation, CoupledViewsDataset
@@ -257,7 +289,7 @@ class DistillTask(TrainingTask):
         if self.config.mode == "aug":
             if self.config.mixup > 0:
                 low, high = mix_batch(low, high, plan)
-            teacher_vectors = self.teacher_embed(high.flatten(0, 1), ctx)
+            teacher_vectors = self.teacher_embed(self.renormalise(high.flatten(0, 1)), ctx)
         else:
             teacher_vectors = high.flatten(0, 1).to(ctx.device)
         with ctx.autocast():
@@ -317,7 +349,8 @@ class DistillTask(TrainingTask):
         from raml_cli.model.files import save_model
 
         config = self.config.to_dict()
-        config.update({"dataset": self.dataset_spec, "root": str(self.root),
+        config.update({"teacher_architecture": self.info.architecture,
+                       "dataset": self.dataset_spec, "root": str(self.root),
                        "database_res": self.database_res, "train_split": self.train_split,
                        "world_size": ctx.world_size})
         config["kept"] = result.kept  # which epoch's model this is, and its validation
@@ -326,6 +359,58 @@ class DistillTask(TrainingTask):
 
     def close(self) -> None:
         self.loader = None  # its persistent workers exit with it
+
+
+def check_student(config: DistillConfig, teacher_info: Any) -> None:
+    """Reject a student that cannot start: an unknown ``student_arch``, or ``init
+    teacher`` for an architecture other than the teacher's (nothing to copy from)."""
+    from raml_cli.errors import InputError
+    from raml_cli.model.backbone import check_architecture
+
+    arch = config.student_arch or teacher_info.architecture
+    if arch != teacher_info.architecture:
+        check_architecture(arch)
+        if config.init == "teacher":
+            raise InputError(
+                f"--init teacher copies the teacher's weights, so it needs the teacher's "
+                f"architecture ({teacher_info.architecture}); the student is {arch}. Use "
+                "--init pretrained (ImageNet weights of the student's architecture), --init "
+                "random, or --init-weights FILE.")
+
+
+def student_network_config(teacher_info: Any, student_arch: str) -> Any:
+    """The student's :class:`~raml_cli.model.network.NetworkConfig`.
+
+    The teacher's own for the same architecture. Another architecture keeps the
+    teacher's pooling, takes its own input normalisation and ends with a whitening layer
+    of the teacher's embedding size, so that its vectors live in the teacher's space:
+    always when the teacher has a whitening layer, else when its backbone width differs
+    from the teacher's embedding size.
+    """
+    from raml_cli.model.backbone import create_backbone
+    from raml_cli.model.network import NetworkConfig
+
+    if student_arch == teacher_info.architecture:
+        return teacher_info.network_config()
+    dim = int(teacher_info.embedding_dim)
+    whitening = dim
+    if not teacher_info.whitening and create_backbone(student_arch).num_features == dim:
+        whitening = 0
+    return NetworkConfig(student_arch, pooling=teacher_info.pooling, whitening=whitening)
+
+
+def _renormaliser(student: Any, teacher: Any) -> Any:
+    """Images normalised with the student's mean/std -> with the teacher's (identity when
+    they agree): coupled views are rendered once, for both networks."""
+    if tuple(student.mean) == tuple(teacher.mean) and tuple(student.std) == tuple(teacher.std):
+        return lambda images: images
+
+    def shift(a: Any) -> torch.Tensor:
+        return torch.tensor(a, dtype=torch.float32).view(1, 3, 1, 1)
+
+    scale = shift(student.std) / shift(teacher.std)
+    offset = (shift(student.mean) - shift(teacher.mean)) / shift(teacher.std)
+    return lambda images: images * scale.to(images.dtype) + offset.to(images.dtype)
 
 
 class _Keyed:
@@ -372,5 +457,5 @@ def distill_result(config: DistillConfig, reporter: Reporter = NULL_REPORTER,
     return run_training(task, loop, reporter)
 
 
-__all__ = ["DistillConfig", "DistillTask", "describe_distillation", "distill", "distill_result",
-           "teacher_cache_path"]
+__all__ = ["DistillConfig", "DistillTask", "check_student", "describe_distillation", "distill",
+           "distill_result", "student_network_config", "teacher_cache_path"]

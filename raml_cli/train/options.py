@@ -349,7 +349,7 @@ class TeacherConfig(TrainingOptions):
 # -- distillation -----------------------------------------------------------------------------
 
 DISTILL_MODES = ("aug", "regression")
-STUDENT_INITS = ("teacher", "pretrained", "random")
+STUDENT_INITS = ("teacher", "pretrained", "random", "weights")
 
 #: The reference's values (``--preset paper``): METHOD.md and the reference code
 #: (pavelsuma/raml: 8 images x 8 augmentations per micro-batch, 25 micro-batches per
@@ -381,9 +381,17 @@ class DistillConfig(TrainingOptions):
         dataset: catalogue name or path of the user's data; default: the teacher's.
         database_res: ``R``, the teacher's resolution; default: the teacher's training
             resolution.
-        init: the student's initial weights: ``teacher`` (a copy of the teacher),
-            ``pretrained`` (ImageNet weights of the architecture, needs the hub or its
-            cache) or ``random``.
+        student_arch: the student's backbone (timm name or ``torchvision/NAME``); ``None``:
+            the teacher's (resolution asymmetry). Another architecture (architecture
+            asymmetry) gets a whitening layer of the teacher's embedding size when the
+            teacher has one or its width differs, so its vectors live in the teacher's
+            space.
+        init: the student's initial weights: ``teacher`` (a copy of the teacher; same
+            architecture only), ``pretrained`` (ImageNet weights of the architecture,
+            needs the hub or its cache), ``random`` (BatchNorm statistics measured on
+            training images, then frozen) or ``weights`` (from ``init_weights``).
+        init_weights: a weights file (safetensors or a PyTorch state dict) to start the
+            student from; setting it sets ``init`` to ``weights``.
         mode: ``aug`` (coupled augmentations, full loss) or ``regression`` (absolute
             term on precomputed teacher vectors).
         augs: ``P``, coupled views per image (``aug`` mode).
@@ -397,7 +405,9 @@ class DistillConfig(TrainingOptions):
     output: Path = Path("student.safetensors")
     dataset: str | None = None
     database_res: int | None = None
+    student_arch: str | None = None
     init: str = "teacher"
+    init_weights: Path | None = None
     mode: str = "aug"
     augs: int = 8
     mixup: float = 0.2
@@ -413,6 +423,9 @@ class DistillConfig(TrainingOptions):
     def __post_init__(self) -> None:
         self.teacher = Path(self.teacher)
         self.query_res = int(self.query_res)
+        if self.init_weights is not None:
+            self.init_weights = Path(self.init_weights)
+            self.init = "weights"
 
     @classmethod
     def preset_dataset(cls, options: dict[str, Any]) -> str | None:
@@ -436,6 +449,9 @@ class DistillConfig(TrainingOptions):
                                          f"got {self.mode!r}."),
             (self.init in STUDENT_INITS, f"--init must be one of {', '.join(STUDENT_INITS)}, "
                                          f"got {self.init!r}."),
+            (self.init != "weights" or self.init_weights is not None,
+             "--init weights needs the file: give --init-weights FILE (safetensors or a "
+             "PyTorch state dict)."),
             (self.augs >= 1, f"--augs must be at least 1, got {self.augs}."),
             (self.mixup >= 0 and math.isfinite(self.mixup),
              f"--mixup must be >= 0 (0: no mixup), got {self.mixup}."),
@@ -450,6 +466,10 @@ class DistillConfig(TrainingOptions):
     def check(self) -> None:
         super().check()
         _check_teacher_exists(self.teacher)
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise InputError(f"The --init-weights file {self.init_weights} does not exist. "
+                             "Give the path of a safetensors file or a PyTorch state dict, "
+                             "or use --init pretrained or --init random.")
 
     def input_files(self) -> dict[str, Path]:
         return {**super().input_files(), "the teacher (--teacher)": Path(self.teacher)}

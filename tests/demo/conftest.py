@@ -41,6 +41,10 @@ def _check_table(rows: list[dict], query_res: int, database_res: int) -> None:
     ratio = by_name["raml_asym"]["query_gmacs"] / by_name["teacher_high_sym"]["query_gmacs"]
     assert ratio == pytest.approx((query_res / database_res) ** 2, rel=0.35)
     assert by_name["raml_asym"]["query_gmacs"] == by_name["teacher_low_sym"]["query_gmacs"]
+    # The architecture-asymmetric row: a lighter network's queries at R.
+    arch = by_name["arch_asym"]
+    assert arch["query_res"] == arch["database_res"] == database_res
+    assert arch["query_gmacs"] < by_name["teacher_high_sym"]["query_gmacs"]
 
 
 @pytest.fixture

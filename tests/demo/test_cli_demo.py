@@ -36,12 +36,16 @@ def test_demo_command_json_through_the_catalogue(tmp_path: Path, tiny,
     assert (out / "teacher-128px.safetensors").is_file()
     assert (out / "student-16px.safetensors").is_file()
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == [
-        "student-16px-test.h5", "teacher-128px-test.h5", "teacher-16px-test.h5"]
+        "student-16px-test.h5", "student-lcnet_035-128px-test.h5", "teacher-128px-test.h5",
+        "teacher-16px-test.h5"]
+    assert (out / "student-lcnet_035-128px.safetensors").is_file()
+    assert (out / "tradeoff.png").is_file()
 
     table = CliRunner().invoke(app, ["demo", "--out", str(out), "--query-res", "16",
                                      "--device", "cpu", "--quiet"])
     assert table.exit_code == 0, table.output
     assert "RAML asymmetric" in table.stdout and "naive asymmetric" in table.stdout
+    assert "architecture" in table.stdout and "lighter" in table.stdout
 
 
 def test_demo_help_shows_an_example() -> None:

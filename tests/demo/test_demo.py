@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from raml_cli.data.toy import generate_toy
 from raml_cli.demo import DemoConfig, run_demo
@@ -26,13 +27,17 @@ def test_tiny_demo_table_files_and_reuse(tmp_path: Path, tiny) -> None:
 
     again = run_demo(tiny.config(out, data))
     assert again.rows == result.rows
-    assert set(again.reused) >= {"teacher", "student"} and len(again.reused) == 5
+    assert set(again.reused) >= {"teacher", "student", "arch_student"}
+    assert len(again.reused) == 7  # 3 models, 4 embeddings files
     assert again.seconds["teacher"] < 2 and again.seconds["student"] < 2
 
     # Another query resolution reuses the teacher but distils and embeds anew.
     other = run_demo(DemoConfig(**{**tiny.config(out, data).__dict__, "query_res": 24}))
     tiny.check_table(other.rows, 24, 32)
     assert "teacher" in other.reused and "student" not in other.reused
+    assert "arch_student" in other.reused  # at R: the query resolution does not matter
+    with Image.open(out / "tradeoff.png") as picture:
+        assert picture.format == "PNG"
 
 
 @pytest.mark.slow
