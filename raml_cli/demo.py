@@ -285,6 +285,7 @@ class _Run:
     # -- 2. teacher -------------------------------------------------------------------------
 
     def train_teacher(self, dataset: str, root: Path) -> Path:
+        from raml_cli.model.files import trained_with
         from raml_cli.train.teacher import TeacherConfig, train_teacher
 
         cfg = self.config
@@ -295,7 +296,7 @@ class _Run:
             device=self.device, workers=self.workers, **options)
         self.reporter.log(f"[2/5] teacher: {options['arch']} at {cfg.database_res} px "
                           f"(raml train-teacher)")
-        if _same_options(output, teacher_config.defining_options()):
+        if trained_with(output, teacher_config.defining_options()):
             self.reused.append("teacher")
             self.reporter.log(f"reusing {output}")
             return output
@@ -305,6 +306,7 @@ class _Run:
     # -- 3. student -------------------------------------------------------------------------
 
     def distill(self, teacher: Path) -> Path:
+        from raml_cli.model.files import trained_with
         from raml_cli.train.distill import describe_distillation, distill
         from raml_cli.train.options import DistillConfig, read_teacher_info
 
@@ -317,7 +319,7 @@ class _Run:
         distill_config.check()
         self.reporter.log(f"[3/5] student: distilled to {cfg.query_res} px (raml distill)")
         info = read_teacher_info(teacher)  # read and hashed once for the whole step
-        if _same_options(output, describe_distillation(distill_config, info),
+        if trained_with(output, describe_distillation(distill_config, info),
                          teacher_sha256=info.sha256):
             self.reused.append("student")
             self.reporter.log(f"reusing {output}")
@@ -327,6 +329,7 @@ class _Run:
 
     def distill_architecture(self, teacher: Path) -> Path:
         """The architecture-asymmetric row's student: a lighter backbone at ``R``."""
+        from raml_cli.model.files import trained_with
         from raml_cli.train.distill import describe_distillation, distill
         from raml_cli.train.options import DistillConfig, read_teacher_info
 
@@ -341,7 +344,7 @@ class _Run:
         self.reporter.log(f"[3/5] lighter student: {arch} distilled at {cfg.database_res} px "
                           "(raml distill --student-arch)")
         info = read_teacher_info(teacher)
-        if _same_options(output, describe_distillation(distill_config, info),
+        if trained_with(output, describe_distillation(distill_config, info),
                          teacher_sha256=info.sha256):
             self.reused.append("arch_student")
             self.reporter.log(f"reusing {output}")
@@ -455,22 +458,6 @@ def _checkpoint_exists(output: Path) -> bool:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def _same_options(path: Path, described: dict[str, Any], **expected: Any) -> bool:
-    """True when the model file ``path`` exists and was trained with these options."""
-    from raml_cli.errors import RamlError
-    from raml_cli.model.files import read_model_info
-
-    if not path.is_file():
-        return False
-    try:
-        info = read_model_info(path)
-    except RamlError:
-        return False
-    recorded = {**info.config, "teacher_sha256": info.teacher_sha256}
-    wanted = {**_jsonable(described), **expected}
-    return all(recorded.get(key) == value for key, value in wanted.items())
 
 
 __all__ = ["DEMO_ARCH_STUDENT", "DEMO_CPU_THREADS", "DEMO_PRETRAINED_STUDENT",

@@ -402,6 +402,15 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
 
 def _read_all(handle: h5py.File, file: Path
               ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
+    attrs, emb_ds, lab_ds, path_ds = _checked_datasets(handle, file)
+    embeddings = np.asarray(emb_ds[()], dtype=np.float32)
+    return embeddings, _read_labels(lab_ds, file), [_decode(p) for p in path_ds[()]], attrs
+
+
+def _checked_datasets(handle: h5py.File, file: Path
+                      ) -> tuple[dict[str, Any], h5py.Dataset, h5py.Dataset, h5py.Dataset]:
+    """The header and the three datasets of an embeddings file, with every check on their
+    presence, kind, dtype, rank, row counts and stored size (nothing is read yet)."""
     attrs = _check_header(handle, file)
     missing = [name for name in ("embeddings", "labels", "paths") if name not in handle]
     if missing:
@@ -433,15 +442,18 @@ def _read_all(handle: h5py.File, file: Path
         raise FormatError(f"{file} holds no embeddings (0 rows).")
     for name, dataset in (("embeddings", emb_ds), ("labels", lab_ds), ("paths", path_ds)):
         _check_storage(dataset, name, file)
-    embeddings = np.asarray(emb_ds[()], dtype=np.float32)
-    raw_labels = np.asarray(lab_ds[()])
-    if raw_labels.dtype.kind == "u" and raw_labels.max() > np.iinfo(np.int64).max:
+    return attrs, emb_ds, lab_ds, path_ds
+
+
+def _read_labels(dataset: h5py.Dataset, file: Path) -> np.ndarray:
+    """``/labels`` as int64, refusing unsigned values that int64 cannot hold."""
+    raw_labels = np.asarray(dataset[()])
+    if raw_labels.dtype.kind == "u" and raw_labels.size and \
+            raw_labels.max() > np.iinfo(np.int64).max:
         raise FormatError(f"/labels in {file} holds {int(raw_labels.max())}, beyond the "
                           "int64 class ids of the format (it would wrap to a negative, "
                           "unknown, label). Store labels as int64.")
-    labels = raw_labels.astype(np.int64)
-    paths = [_decode(p) for p in path_ds[()]]
-    return embeddings, labels, paths, attrs
+    return raw_labels.astype(np.int64)
 
 
 def is_current(path: str | os.PathLike, *, model_sha256: str, resolution: int,
@@ -534,31 +546,16 @@ def read_rows(path: str | os.PathLike) -> EmbeddingRows:
     """
     file = Path(path)
     with _open(file) as handle:
-        attrs = _check_header(handle, file)
-        for name in ("embeddings", "labels", "paths"):
-            if not isinstance(handle.get(name), h5py.Dataset):
-                raise FormatError(f"{file} lacks the dataset /{name} that every raml "
-                                  "embeddings file has.")
-        emb_ds, lab_ds, path_ds = handle["embeddings"], handle["labels"], handle["paths"]
-        if emb_ds.ndim != 2 or emb_ds.dtype.kind != "f":
-            raise FormatError(f"/embeddings in {file} must be a float32 [N, D] matrix; found "
-                              f"dtype {emb_ds.dtype} with shape {emb_ds.shape}.")
-        if lab_ds.ndim != 1 or lab_ds.dtype.kind not in "iu":
-            raise FormatError(f"/labels in {file} must be a 1-d integer array; found dtype "
-                              f"{lab_ds.dtype} with shape {lab_ds.shape}.")
-        if path_ds.ndim != 1 or h5py.check_string_dtype(path_ds.dtype) is None:
-            raise FormatError(f"/paths in {file} must be a 1-d array of strings; found dtype "
-                              f"{path_ds.dtype} with shape {path_ds.shape}.")
-        n = emb_ds.shape[0]
-        if lab_ds.shape[0] != n or path_ds.shape[0] != n:
-            raise FormatError(f"{file} is inconsistent: {n} embeddings, {lab_ds.shape[0]} "
-                              f"labels and {path_ds.shape[0]} paths. Re-create it with "
-                              "`raml embed`.")
-        if n == 0:
-            raise FormatError(f"{file} holds no embeddings (0 rows).")
-        labels = np.asarray(lab_ds[()], dtype=np.int64)
-        paths = [_decode(p) for p in path_ds[()]]
-        return EmbeddingRows(int(n), int(emb_ds.shape[1]), labels, paths, attrs, file)
+        try:
+            attrs, emb_ds, lab_ds, path_ds = _checked_datasets(handle, file)
+            labels = _read_labels(lab_ds, file)
+            paths = [_decode(p) for p in path_ds[()]]
+        except KeyError as err:  # e.g. a soft link to nothing at /labels
+            raise FormatError(f"{file} has a broken entry ({err}): one of /embeddings, "
+                              "/labels, /paths is a link to nothing. Re-create the file with "
+                              "`raml embed`.") from err
+        return EmbeddingRows(int(emb_ds.shape[0]), int(emb_ds.shape[1]), labels, paths, attrs,
+                             file)
 
 
 def iter_checked_blocks(path: str | os.PathLike, block_rows: int = 4096

@@ -9,6 +9,7 @@ import typer
 
 from raml_cli.cli.options import (
     DeviceOpt,
+    DistillOptionTypes,
     JsonOpt,
     QuietOpt,
     ResumeOpt,
@@ -45,6 +46,7 @@ T = TrainingOptionTypes(
     preset_help="paper: the reference's values for the teacher's dataset (cub200, cars196, "
     "sop): lambda1, lambda2 and lr per dataset, ImageNet init, 8 images x 8 augmentations, "
     "25 steps of accumulation, 2000 images per epoch, 100 epochs, seed 1234.")
+P = DistillOptionTypes(DistillConfig)
 
 
 def command(
@@ -77,16 +79,13 @@ def command(
         "aug: coupled augmentations and the full loss (the paper's method); regression: only "
         "the absolute term on cached teacher vectors of un-augmented images (cheaper).", D,
         "mode"))] = None,
-    augs: Annotated[int | None, typer.Option("--augs", min=1, help=with_default(
-        "Coupled augmentations (views) per image.", D, "augs"))] = None,
+    augs: P.Augs = None,
     mixup: Annotated[float | None, typer.Option(
         "--mixup", min=0.0, metavar="ALPHA", help=with_default(
             "Mixup's Beta(alpha, alpha) parameter.", D, "mixup"))] = None,
-    no_mixup: Annotated[bool, typer.Option("--no-mixup", help="Turn mixup off.")] = False,
-    lambda1: Annotated[float | None, typer.Option("--lambda1", min=0.0, help=with_default(
-        "Weight of the teacher-student relational term.", D, "lambda1"))] = None,
-    lambda2: Annotated[float | None, typer.Option("--lambda2", min=0.0, help=with_default(
-        "Weight of the student-student relational term.", D, "lambda2"))] = None,
+    no_mixup: P.NoMixup = False,
+    lambda1: P.Lambda1 = None,
+    lambda2: P.Lambda2 = None,
     epochs: T.Epochs = None,
     lr: T.Lr = None,
     weight_decay: T.WeightDecay = None,

@@ -141,3 +141,19 @@ class TrainingOptionTypes:
         self.TensorBoard = Annotated[Path | None, typer.Option("--tensorboard", help=(
             "Also write loss, lr, images/s and every validation metric as TensorBoard "
             "scalars to this folder (needs `pip install 'raml[tensorboard]'`)."))]
+
+
+class DistillOptionTypes:
+    """``Annotated`` types of the distillation options that ``raml distill`` and ``raml
+    tradeoff`` share, with ``config``'s defaults (a
+    :class:`~raml_cli.train.options.DistillConfig`) in their help."""
+
+    def __init__(self, config: Any) -> None:
+        d = config.defaults()
+        self.Augs = Annotated[int | None, typer.Option("--augs", min=1, help=with_default(
+            "Coupled augmentations (views) per image.", d, "augs"))]
+        self.NoMixup = Annotated[bool, typer.Option("--no-mixup", help="Turn mixup off.")]
+        self.Lambda1 = Annotated[float | None, typer.Option("--lambda1", min=0.0, help=(
+            with_default("Weight of the teacher-student relational term.", d, "lambda1")))]
+        self.Lambda2 = Annotated[float | None, typer.Option("--lambda2", min=0.0, help=(
+            with_default("Weight of the student-student relational term.", d, "lambda2")))]

@@ -9,6 +9,7 @@ import typer
 
 from raml_cli.cli.options import (
     DeviceOpt,
+    DistillOptionTypes,
     JsonOpt,
     QuietOpt,
     TrainingOptionTypes,
@@ -33,6 +34,7 @@ T = TrainingOptionTypes(
     DistillConfig, "images", batch_help="Images per forward pass (each with --augs views).",
     val_help="(not used)", model="student", preset_help="paper: the reference's values for "
     "the teacher's dataset, for every student.")
+P = DistillOptionTypes(DistillConfig)
 
 
 def command(
@@ -68,13 +70,10 @@ def command(
         "random.", D, "init"))] = None,
     mode: Annotated[str | None, typer.Option("--mode", help=with_default(
         "Distillation mode: aug or regression (as raml distill).", D, "mode"))] = None,
-    augs: Annotated[int | None, typer.Option("--augs", min=1, help=with_default(
-        "Coupled augmentations (views) per image.", D, "augs"))] = None,
-    no_mixup: Annotated[bool, typer.Option("--no-mixup", help="Turn mixup off.")] = False,
-    lambda1: Annotated[float | None, typer.Option("--lambda1", min=0.0, help=with_default(
-        "Weight of the teacher-student relational term.", D, "lambda1"))] = None,
-    lambda2: Annotated[float | None, typer.Option("--lambda2", min=0.0, help=with_default(
-        "Weight of the student-student relational term.", D, "lambda2"))] = None,
+    augs: P.Augs = None,
+    no_mixup: P.NoMixup = False,
+    lambda1: P.Lambda1 = None,
+    lambda2: P.Lambda2 = None,
     epochs: T.Epochs = None,
     lr: T.Lr = None,
     weight_decay: T.WeightDecay = None,

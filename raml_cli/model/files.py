@@ -333,3 +333,26 @@ def _floats3(text: str) -> tuple[float, float, float]:
     if not isinstance(values, list) or len(values) != 3:
         raise ValueError(f"expected a JSON list of 3 numbers, got {text!r}")
     return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def trained_with(path: str | os.PathLike, described: dict[str, Any], **expected: Any) -> bool:
+    """Whether the model file ``path`` exists and records these options in its ``config``.
+
+    ``described`` holds the options that define a training run (its JSON form is compared
+    with the file's recorded ``config``); ``expected`` more recorded values, e.g.
+    ``teacher_sha256``. What a pipeline (``raml demo``, ``raml tradeoff``) asks before it
+    reuses a finished model instead of training it again. Never raises for a missing or
+    unreadable file (that is simply not trained).
+    """
+    from raml_cli.errors import RamlError
+
+    file = Path(path)
+    if not file.is_file():
+        return False
+    try:
+        info = read_model_info(file)
+    except RamlError:
+        return False
+    recorded = {**info.config, "teacher_sha256": info.teacher_sha256}
+    wanted = {**json.loads(json.dumps(described, default=str)), **expected}
+    return all(recorded.get(key) == value for key, value in wanted.items())

@@ -200,6 +200,7 @@ def _distill_config(config: TradeoffConfig, cell: Cell, teacher_arch: str, R: in
 def _student(cfg: Any, info: Any, reporter: Reporter) -> tuple[Path, bool]:
     """The cell's student file: reused when trained with these options, else distilled
     (resumed from its checkpoint when one is there)."""
+    from raml_cli.model.files import trained_with
     from raml_cli.train.checkpoint import checkpoint_path
     from raml_cli.train.distill import describe_distillation, distill
 
@@ -210,22 +211,6 @@ def _student(cfg: Any, info: Any, reporter: Reporter) -> tuple[Path, bool]:
     cfg.resume = checkpoint_path(output).exists()
     reporter.log(f"distilling {cfg.student_arch} at {cfg.query_res} px -> {output}")
     return distill(cfg, reporter, teacher_info=info), False
-
-
-def trained_with(path: Path, described: dict[str, Any], **expected: Any) -> bool:
-    """True when the model file ``path`` exists and records these options in its config."""
-    from raml_cli.errors import RamlError
-    from raml_cli.model.files import read_model_info
-
-    if not path.is_file():
-        return False
-    try:
-        info = read_model_info(path)
-    except RamlError:
-        return False
-    recorded = {**info.config, "teacher_sha256": info.teacher_sha256}
-    wanted = {**json.loads(json.dumps(described, default=str)), **expected}
-    return all(recorded.get(key) == value for key, value in wanted.items())
 
 
 def _test_split(task: Any) -> tuple[list, Path, str]:
@@ -284,5 +269,4 @@ def _row(cell: Cell, database: Path, config: TradeoffConfig, device: Any, R: int
     }
 
 
-__all__ = ["ARCH_INITS", "KINDS", "Cell", "TradeoffConfig", "plan_cells", "run_tradeoff",
-           "trained_with"]
+__all__ = ["ARCH_INITS", "KINDS", "Cell", "TradeoffConfig", "plan_cells", "run_tradeoff"]
