@@ -119,6 +119,7 @@ def _register_all() -> None:
         download,
         embed,
         evaluate,
+        import_,
         index,
         info,
         search,
@@ -129,7 +130,8 @@ def _register_all() -> None:
     for name, module in (("download", download), ("train-teacher", train_teacher),
                          ("embed", embed), ("info", info), ("evaluate", evaluate),
                          ("distill", distill), ("tradeoff", tradeoff), ("demo", demo),
-                         ("index", index), ("search", search)):
+                         ("index", index), ("search", search),
+                         ("import", import_)):
         register(name, module.command, examples=module.EXAMPLES)
     from raml_cli.cli import log, tune
 
