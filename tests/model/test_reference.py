@@ -273,6 +273,11 @@ def test_cli_list_convert_errors_and_distill_on_the_import(resnet18_pth, tmp_pat
                                "--res", "32", "--dataset", str(data), "--json", "--quiet"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["model"]["resolution"] == 32
+    linked = runner.invoke(app, ["import", str(pth), "-o", str(tmp_path / "s.safetensors"),
+                                 "--role", "student", "--res", "16", "--dataset", str(data),
+                                 "--teacher", str(teacher), "--quiet"])
+    assert linked.exit_code == 0, linked.output
+    assert read_model_info(tmp_path / "s.safetensors").teacher_sha256 == file_sha256(teacher)
     student = tmp_path / "student.safetensors"
     distilled = runner.invoke(app, [
         "distill", "--teacher", str(teacher), "--query-res", "16", "-o", str(student),
