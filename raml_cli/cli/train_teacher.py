@@ -54,7 +54,8 @@ def command(
         "Backbone: a timm name (resnet50, resnet10t, ...) or torchvision/NAME.", D,
         "arch"))] = None,
     pool: Annotated[str | None, typer.Option("--pool", help=with_default(
-        "Global pooling: gem (learnable p), mac (max) or spoc (average).", D, "pool"))] = None,
+        "Global pooling: gem (learnable p), gemmp (one learnable p per channel), mac (max), "
+        "spoc (average) or rmac (regional max over a multi-scale grid).", D, "pool"))] = None,
     dim: Annotated[int | None, typer.Option("--dim", min=0, help=with_default(
         "Output size of the whitening layer (0: no whitening).", D, "dim"))] = None,
     whitening_init: Annotated[str | None, typer.Option("--whitening-init", help=with_default(

@@ -273,7 +273,7 @@ class TeacherConfig(TrainingOptions):
     Attributes:
         dataset: a catalogue name or the path of the user's data.
         arch: backbone name (timm, or ``torchvision/<name>``).
-        pool: ``gem``, ``mac`` or ``spoc``.
+        pool: ``gem``, ``gemmp`` (one p per channel), ``mac``, ``spoc`` or ``rmac``.
         dim: whitening output size (0: no whitening).
         whitening_init: ``pca`` (the centred PCA whitening of pooled, L2-normalised
             descriptors of a seeded sample of training images; see
