@@ -74,6 +74,9 @@ def command(
     epochs: T.Epochs = None,
     lr: T.Lr = None,
     weight_decay: T.WeightDecay = None,
+    optimizer: T.Optimizer = None,
+    momentum: T.Momentum = None,
+    scheduler: T.Scheduler = None,
     samples_per_class: Annotated[int | None, typer.Option(
         "--samples-per-class", min=2, help=with_default(
             "Images of one class together in a batch (the positive is the hardest of them).",
@@ -121,7 +124,8 @@ def command(
 
 
 def config_from_options(*, dataset, output, preset, arch, pool, dim, whitening_init,
-                        pretrained, init_weights, res, epochs, lr, weight_decay,
+                        pretrained, init_weights, res, epochs, lr, weight_decay, optimizer,
+                        momentum, scheduler,
                         samples_per_class, negatives, positives, margin,
                         batch_size, accumulate, images_per_epoch, pool_size, workers, seed,
                         device, val_every, checkpoint_every, keep, patience, tensorboard,
@@ -132,7 +136,8 @@ def config_from_options(*, dataset, output, preset, arch, pool, dim, whitening_i
     return TeacherConfig.from_options(
         dataset, preset=preset, output=output, root=root, arch=arch, pool=pool, dim=dim,
         whitening_init=whitening_init,
-        init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay,
+        init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+        momentum=momentum, scheduler=scheduler,
         samples_per_class=samples_per_class, negatives=negatives, positives=positives,
         margin=margin,
         batch_size=batch_size, accumulate=accumulate, images_per_epoch=images_per_epoch,
