@@ -64,6 +64,21 @@ def parse_int_list(text: str, option: str, minimum: int, example: str) -> list[i
     return values
 
 
+def parse_float_list(text: str, option: str, example: str) -> list[float]:
+    """``"1,0.7071,0.5"`` -> ``[1.0, 0.7071, 0.5]`` for a comma-separated option; else an
+    InputError naming ``option`` and ``example`` (ranges are the engine's to check)."""
+    from raml_cli.errors import InputError
+
+    try:
+        values = [float(part.strip()) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"{option} takes comma-separated numbers, e.g. {option} {example}; "
+                         f"got {text!r}.")
+    return values
+
+
 def shown_default(value: Any) -> str:
     """A default as ``--help`` shows it: ``1e-4`` rather than ``0.0001``."""
     if isinstance(value, bool):
