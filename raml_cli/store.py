@@ -11,6 +11,10 @@ root attributes     ``format`` = ``raml-embeddings``, ``format_version`` = 1,
                     ``dataset``, ``split``, ``raml_version``
 ==================  ==========================================================
 
+Root attributes added by ``raml embed``: ``scales`` (JSON list of the scales of the
+resolution the vectors were averaged over; ``[1.0]`` for plain single-scale vectors, also
+when missing) and ``scale_power``.
+
 Optional extras written by ``raml embed --skip-bad``: ``/skipped`` (paths left out)
 and the root attribute ``num_skipped``.
 
@@ -249,6 +253,10 @@ class EmbeddingWriter:
             key for key in ("model_sha256", "resolution", "dataset", "split", "role")
             if str(stored.get(key, "")) != str(self.attrs.get(key, ""))
         ]
+        if scales_of(stored) != scales_of(self.attrs) or (
+                float(stored.get("scale_power", 1.0)) != float(self.attrs.get("scale_power",
+                                                                              1.0))):
+            mismatched.append("scales")
         if mismatched or handle["embeddings"].shape[1] != self.dim:
             handle.close()
             raise InputError(
@@ -456,8 +464,22 @@ def _read_labels(dataset: h5py.Dataset, file: Path) -> np.ndarray:
     return raw_labels.astype(np.int64)
 
 
+def scales_of(attrs: dict[str, Any]) -> list[float]:
+    """The ``scales`` attribute as floats (``[1.0]`` when the file has none)."""
+    value = attrs.get("scales", "")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value else [1.0]
+        except ValueError:
+            return []
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return []
+
+
 def is_current(path: str | os.PathLike, *, model_sha256: str, resolution: int,
-               paths: Sequence[str]) -> bool:
+               paths: Sequence[str], scales: Sequence[float] = (1.0,)) -> bool:
     """Whether ``path`` is a complete embeddings file of exactly these images by this model.
 
     True when the file exists, is a finished raml embeddings file, records
@@ -472,7 +494,8 @@ def is_current(path: str | os.PathLike, *, model_sha256: str, resolution: int,
         with _open(file) as handle:
             attrs = _check_header(handle, file)
             if (attrs.get("model_sha256") != model_sha256
-                    or str(attrs.get("resolution")) != str(int(resolution))):
+                    or str(attrs.get("resolution")) != str(int(resolution))
+                    or scales_of(attrs) != [float(s) for s in scales]):
                 return False
             stored = handle.get("paths")
             if not isinstance(stored, h5py.Dataset) or stored.shape != (len(paths),):

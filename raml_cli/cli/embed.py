@@ -15,6 +15,7 @@ from raml_cli.cli.options import (
     QuietOpt,
     ResumeOpt,
     RootOpt,
+    parse_float_list,
 )
 
 EXAMPLES = """
@@ -25,6 +26,8 @@ Examples:
     raml embed student.safetensors --dataset cub200 --split test --res 112 -o queries.h5
 
     raml embed student.safetensors --images photos/ -o photos.h5 --skip-bad
+
+    raml embed teacher.safetensors --dataset cub200 --res 448 --scales 1,0.7071,0.5 -o db.h5
 
     torchrun --nproc_per_node 4 -m raml_cli embed teacher.safetensors --dataset sop -o db.h5
 """
@@ -38,6 +41,13 @@ def command(
     res: Annotated[int | None, typer.Option(
         "--res", min=8, help="Resolution in pixels (shorter side resized to res*8/7, centre "
         "crop res). Default: the model's training resolution.")] = None,
+    scales: Annotated[str, typer.Option(
+        "--scales", help="Multi-scale extraction: comma-separated scales of --res, e.g. "
+        "1,0.7071,0.5; each image is embedded at each (the evaluation crop resized) and the "
+        "vectors averaged, then L2-normalised. 1: single scale.")] = "1",
+    scale_power: Annotated[float, typer.Option(
+        "--scale-power", help="Average the multi-scale vectors as (mean of v^p)^(1/p), "
+        "signed powers (1: the plain mean).")] = 1.0,
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(
         "--split", help="With --dataset: train, val, test, or fit (train minus val).")
@@ -73,6 +83,7 @@ def command(
     from raml_cli.model.files import read_model_info
     from raml_cli.progress import Reporter
 
+    scale_list = parse_float_list(scales, "--scales", "1,0.7071,0.5")
     if (dataset is None) == (images is None):
         raise InputError("Give exactly one input: --dataset NAME|PATH (with --split) or "
                          "--images DIR|LIST.txt.")
@@ -93,7 +104,8 @@ def command(
     result = embed_dataset(
         model, output, samples, image_root, dataset=dataset_name, split=split_name, res=res,
         batch_size=batch_size, workers=workers, device=device, resume=resume,
-        skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter, inputs=listed)
+        skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter, inputs=listed,
+        scales=scale_list, scale_power=scale_power)
     if result.rank != 0:  # under torchrun only the writing process reports
         return
     if result.space is not None and result.space.collapsed:
@@ -106,11 +118,13 @@ def command(
         print_json(result.as_dict())
         return
     skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
+    scales_shown = "" if result.scales == [1.0] else \
+        f" (scales {', '.join(f'{v:g}' for v in result.scales)})"
     resumed = f", resumed after {result.resumed_from}" if result.resumed_from else ""
     reporter.log(
         f"wrote {result.output}: {result.num_rows} x {result.dim} embeddings at "
-        f"{result.resolution} px{skipped}{resumed} ({result.images_per_second:.1f} img/s on "
-        f"{result.device})")
+        f"{result.resolution} px{scales_shown}{skipped}{resumed} "
+        f"({result.images_per_second:.1f} img/s on {result.device})")
     if result.space is not None:
         reporter.log(f"spread of {result.output}: mean pairwise cosine "
                      f"{result.space.mean_cosine:.4f}, nearest-neighbour cosine "

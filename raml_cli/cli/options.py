@@ -64,6 +64,21 @@ def parse_int_list(text: str, option: str, minimum: int, example: str) -> list[i
     return values
 
 
+def parse_float_list(text: str, option: str, example: str) -> list[float]:
+    """``"1,0.7071,0.5"`` -> ``[1.0, 0.7071, 0.5]`` for a comma-separated option; else an
+    InputError naming ``option`` and ``example`` (ranges are the engine's to check)."""
+    from raml_cli.errors import InputError
+
+    try:
+        values = [float(part.strip()) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"{option} takes comma-separated numbers, e.g. {option} {example}; "
+                         f"got {text!r}.")
+    return values
+
+
 def shown_default(value: Any) -> str:
     """A default as ``--help`` shows it: ``1e-4`` rather than ``0.0001``."""
     if isinstance(value, bool):
@@ -108,10 +123,19 @@ class TrainingOptionTypes:
         self.Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help=with_default(
             f"Epochs (of --images-per-epoch {unit}).", d, "epochs"))]
         self.Lr = Annotated[float | None, typer.Option("--lr", help=with_default(
-            "Peak learning rate of the one-cycle schedule (GeM's p: 10x).", d, "lr"))]
+            "Peak learning rate of the schedule (GeM's p: 10x; gemmp's: 100x).", d, "lr"))]
         self.WeightDecay = Annotated[float | None, typer.Option(
-            "--weight-decay", help=with_default("AdamW weight decay (none for GeM's p).", d,
-                                                "weight_decay"))]
+            "--weight-decay", help=with_default("Weight decay of the optimiser (none for "
+                                                "GeM's p).", d, "weight_decay"))]
+        self.Optimizer = Annotated[str | None, typer.Option("--optimizer", help=with_default(
+            "Optimiser: adamw, adam or sgd (with --momentum).", d, "optimizer"))]
+        self.Momentum = Annotated[float | None, typer.Option(
+            "--momentum", min=0.0, help=with_default("Momentum of --optimizer sgd.", d,
+                                                     "momentum"))]
+        self.Scheduler = Annotated[str | None, typer.Option("--scheduler", help=with_default(
+            "Learning-rate schedule: onecycle (warm-up from lr/10, then down), cyclic "
+            "(three triangular cycles from lr/10, each half as high), exponential (x "
+            "exp(-0.001) per epoch) or none.", d, "scheduler"))]
         self.BatchSize = Annotated[int | None, typer.Option(
             "--batch-size", min=1, help=with_default(batch_help, d, "batch_size"))]
         self.Accumulate = Annotated[int | None, typer.Option(

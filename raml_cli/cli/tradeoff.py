@@ -77,6 +77,9 @@ def command(
     epochs: T.Epochs = None,
     lr: T.Lr = None,
     weight_decay: T.WeightDecay = None,
+    optimizer: T.Optimizer = None,
+    momentum: T.Momentum = None,
+    scheduler: T.Scheduler = None,
     batch_size: T.BatchSize = None,
     accumulate: T.Accumulate = None,
     images_per_epoch: T.ImagesPerEpoch = None,
@@ -111,7 +114,8 @@ def command(
     options = {"preset": preset, "dataset": dataset, "root": root, "init": init,
                "mode": mode, "augs": augs, "mixup": 0.0 if no_mixup else None,
                "lambda1": lambda1, "lambda2": lambda2, "epochs": epochs, "lr": lr,
-               "weight_decay": weight_decay, "batch_size": batch_size,
+               "weight_decay": weight_decay, "optimizer": optimizer, "momentum": momentum,
+               "scheduler": scheduler, "batch_size": batch_size,
                "accumulate": accumulate, "images_per_epoch": images_per_epoch}
     archs = tuple(a.strip() for a in student_arch.split(",") if a.strip()) \
         if student_arch else ()

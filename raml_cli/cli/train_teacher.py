@@ -54,7 +54,8 @@ def command(
         "Backbone: a timm name (resnet50, resnet10t, ...) or torchvision/NAME.", D,
         "arch"))] = None,
     pool: Annotated[str | None, typer.Option("--pool", help=with_default(
-        "Global pooling: gem (learnable p), mac (max) or spoc (average).", D, "pool"))] = None,
+        "Global pooling: gem (learnable p), gemmp (one learnable p per channel), mac (max), "
+        "spoc (average) or rmac (regional max over a multi-scale grid).", D, "pool"))] = None,
     dim: Annotated[int | None, typer.Option("--dim", min=0, help=with_default(
         "Output size of the whitening layer (0: no whitening).", D, "dim"))] = None,
     whitening_init: Annotated[str | None, typer.Option("--whitening-init", help=with_default(
@@ -73,6 +74,9 @@ def command(
     epochs: T.Epochs = None,
     lr: T.Lr = None,
     weight_decay: T.WeightDecay = None,
+    optimizer: T.Optimizer = None,
+    momentum: T.Momentum = None,
+    scheduler: T.Scheduler = None,
     samples_per_class: Annotated[int | None, typer.Option(
         "--samples-per-class", min=2, help=with_default(
             "Images of one class together in a batch (the positive is the hardest of them).",
@@ -120,7 +124,8 @@ def command(
 
 
 def config_from_options(*, dataset, output, preset, arch, pool, dim, whitening_init,
-                        pretrained, init_weights, res, epochs, lr, weight_decay,
+                        pretrained, init_weights, res, epochs, lr, weight_decay, optimizer,
+                        momentum, scheduler,
                         samples_per_class, negatives, positives, margin,
                         batch_size, accumulate, images_per_epoch, pool_size, workers, seed,
                         device, val_every, checkpoint_every, keep, patience, tensorboard,
@@ -131,7 +136,8 @@ def config_from_options(*, dataset, output, preset, arch, pool, dim, whitening_i
     return TeacherConfig.from_options(
         dataset, preset=preset, output=output, root=root, arch=arch, pool=pool, dim=dim,
         whitening_init=whitening_init,
-        init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay,
+        init=init, res=res, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+        momentum=momentum, scheduler=scheduler,
         samples_per_class=samples_per_class, negatives=negatives, positives=positives,
         margin=margin,
         batch_size=batch_size, accumulate=accumulate, images_per_epoch=images_per_epoch,

@@ -44,6 +44,9 @@ from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.store import iter_embedding_blocks
 
 DEFAULT_BATCH_SIZE = 32
+#: ``--scales``: the single-scale default, and the range of a scale.
+SINGLE_SCALE = (1.0,)
+MAX_SCALE = 4.0
 DEFAULT_CHUNK_ROWS = 1024
 #: More rows per write than this gain nothing and can exceed HDF5's 4 GiB chunk limit.
 MAX_CHUNK_ROWS = 1 << 20
@@ -91,6 +94,8 @@ class EmbedResult:
     batch_size: int
     workers: int
     world_size: int = 1
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    scale_power: float = 1.0
     resumed_from: int = 0
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -107,11 +112,58 @@ class EmbedResult:
         return out
 
 
+def check_scales(scales: Sequence[float], res: int, power: float = 1.0) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats, each in (0, 4] and at least 8 px at ``res``.
+
+    Raises:
+        InputError: an empty list, a scale out of range, a power that is not positive.
+    """
+    values = tuple(float(s) for s in scales)
+    if not values:
+        raise InputError("--scales needs at least one scale, e.g. 1 or 1,0.7071,0.5.")
+    for scale in values:
+        if not (0 < scale <= MAX_SCALE and math.isfinite(scale)):
+            raise InputError(f"--scales: every scale must be in (0, {MAX_SCALE:g}], got "
+                             f"{scale:g}. Use e.g. 1,0.7071,0.5.")
+        if round(res * scale) < 8:
+            raise InputError(f"--scales: {scale:g} of {res} px is {round(res * scale)} px, "
+                             "below the smallest input of 8 px. Drop that scale or raise "
+                             "--res.")
+    if not (power > 0 and math.isfinite(power)):
+        raise InputError(f"--scale-power must be a positive number, got {power:g}.")
+    return values
+
+
+def _signed_power(x: torch.Tensor, power: float) -> torch.Tensor:
+    return x if power == 1 else x.sign() * x.abs().pow(power)
+
+
 def _forward(network: nn.Module, images: torch.Tensor, device: torch.device,
-             channels_last: bool, mixed_precision: bool) -> torch.Tensor:
+             channels_last: bool, mixed_precision: bool,
+             scales: Sequence[float] = SINGLE_SCALE, power: float = 1.0) -> torch.Tensor:
+    """Unit rows ``[B, D]`` of a batch ``[B, 3, r, r]``; with several ``scales``, the
+    L2-normalised generalised mean of the rows of the batch resized to ``round(r * s)``
+    (bilinear, antialiased): ``normalize((mean_s f(x_s)^power)^(1/power))`` with signed
+    powers."""
     batch = to_device(images, device, channels_last=channels_last)
-    with autocast(device, enabled=mixed_precision):
-        return network(batch).float()
+    if tuple(scales) == SINGLE_SCALE:
+        with autocast(device, enabled=mixed_precision):
+            return network(batch).float()
+    total = None
+    side = batch.shape[-2:]
+    for scale in scales:
+        x = batch
+        if scale != 1:
+            size = (round(side[0] * scale), round(side[1] * scale))
+            x = torch.nn.functional.interpolate(batch, size=size, mode="bilinear",
+                                                align_corners=False, antialias=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, enabled=mixed_precision):
+            rows = _signed_power(network(x).float(), power)
+        total = rows if total is None else total + rows
+    mean = _signed_power(total / len(scales), 1.0 / power)
+    return torch.nn.functional.normalize(mean, dim=-1)
 
 
 def _loader(dataset: ImageDataset, batches: list[list[int]], workers: int,
@@ -260,6 +312,8 @@ def embed_dataset(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     reporter: Reporter | None = None,
     inputs: dict[str, str | os.PathLike] | None = None,
+    scales: Sequence[float] = SINGLE_SCALE,
+    scale_power: float = 1.0,
 ) -> EmbedResult:
     """Embed ``samples`` with the model file ``model`` into the embeddings file ``output``.
 
@@ -276,6 +330,10 @@ def embed_dataset(
         chunk_rows: rows per write (rounded up to whole batches); the resume granularity.
         inputs: other files the run reads, by what they are (an image list, a CSV):
             ``output`` must be none of them, nor the model, nor one of the images.
+        scales: multi-scale extraction: each image at each scale of ``res`` (the
+            evaluation-transformed image resized), the vectors averaged with
+            ``scale_power`` and L2-normalised (see :func:`_forward`). ``(1,)``: the plain
+            single-scale vectors. Recorded in the file's ``scales`` and ``scale_power``.
 
     Raises:
         DataError: an unreadable image without ``skip_bad`` (the ``.partial`` file is kept
@@ -301,7 +359,8 @@ def embed_dataset(
                       dataset=dataset, split=split, res=res, batch_size=batch_size,
                       workers=workers, resume=resume, skip_bad=skip_bad,
                       chunk_rows=chunk_rows, reporter=reporter if setup.rank == 0
-                      else NULL_REPORTER)
+                      else NULL_REPORTER, scales=tuple(float(v) for v in scales),
+                      scale_power=float(scale_power))
     finally:
         if setup.distributed and not already:
             shutdown_distributed()
@@ -326,16 +385,19 @@ def _check_output_apart(output: str | os.PathLike, model: str | os.PathLike,
 def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
            samples: list[Sample], root: Path, setup: Any, *, dataset: str, split: str,
            res: int | None, batch_size: int, workers: int | None, resume: bool,
-           skip_bad: bool, chunk_rows: int, reporter: Reporter) -> EmbedResult:
+           skip_bad: bool, chunk_rows: int, reporter: Reporter,
+           scales: tuple[float, ...] = SINGLE_SCALE, scale_power: float = 1.0) -> EmbedResult:
     from raml_cli.distributed import barrier, broadcast_object
 
     device, rank, world = setup.device, setup.rank, setup.world_size
     network, info = load_model(model, device)
     network = network.to(memory_format=torch.channels_last)
     res = check_resolution_range(int(res or info.resolution))
+    scales = check_scales(scales, res, scale_power)
     workers = default_workers(device) if workers is None else int(workers)
     attrs = {"model_sha256": info.sha256, "role": info.role, "architecture": info.architecture,
-             "resolution": res, "dataset": dataset, "split": split}
+             "resolution": res, "dataset": dataset, "split": split, "scales": list(scales),
+             "scale_power": float(scale_power)}
 
     writer = None
     start, problem = 0, None
@@ -365,7 +427,7 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
                 reporter.track("embedding", len(samples) - start, "img") as bar:
             for number, share in enumerate(rounds):
                 batch: Batch | None = next(loader) if share else None
-                part = _compute(network, batch, device)
+                part = _compute(network, batch, device, scales, scale_power)
                 parts = _gather(part, world)
                 bad = [item for p in parts for item in p[3]]
                 if bad and not skip_bad:
@@ -401,7 +463,8 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
         output=Path(output), num_images=len(samples), num_rows=num_rows,
         dim=network.embedding_dim, resolution=res, model_sha256=info.sha256, role=info.role,
         architecture=info.architecture, dataset=dataset, split=split, device=str(device),
-        batch_size=batch_size, workers=workers, world_size=world, resumed_from=start,
+        batch_size=batch_size, workers=workers, world_size=world, scales=list(scales),
+        scale_power=scale_power, resumed_from=start,
         skipped=list(skipped_total), seconds=seconds,
         images_per_second=(len(samples) - start) / seconds if seconds > 0 else 0.0, rank=rank,
         space=space)
@@ -432,7 +495,8 @@ def _open_writer(output: str | os.PathLike, dim: int, attrs: dict, chunk_rows: i
     return writer, start
 
 
-def _compute(network: nn.Module, batch: Batch | None, device: torch.device
+def _compute(network: nn.Module, batch: Batch | None, device: torch.device,
+             scales: tuple[float, ...] = SINGLE_SCALE, power: float = 1.0
              ) -> tuple[np.ndarray, np.ndarray, list[int], list[tuple[int, BadImage]]]:
     """Rows, labels and input indices of a batch's good images, and its bad ones."""
     if batch is None or batch.images is None:
@@ -440,7 +504,7 @@ def _compute(network: nn.Module, batch: Batch | None, device: torch.device
         empty = np.empty((0, dim), dtype=np.float32)
         bad = batch.bad if batch is not None else []
         return empty, np.empty((0,), dtype=np.int64), [], bad
-    rows = _forward(network, batch.images, device, True, True).cpu().numpy()
+    rows = _forward(network, batch.images, device, True, True, scales, power).cpu().numpy()
     return rows, batch.labels.numpy(), batch.indices.tolist(), batch.bad
 
 

@@ -70,6 +70,12 @@ def latency_ms(network: nn.Module, res: int, device: str | torch.device = "cpu",
     return 1000.0 * statistics.median(times)
 
 
+def multiscale_macs(network: nn.Module, res: int, scales: list[float]) -> int:
+    """Multiply-accumulates of a multi-scale query (``raml embed --scales``): one forward
+    pass per scale, at ``round(res * scale)`` each."""
+    return sum(macs_per_image(network, round(res * scale)) for scale in scales)
+
+
 def profile(network: nn.Module, resolutions: list[int], device: str | torch.device = "cpu",
             repeats: int = 5, measure_latency: bool = True) -> list[dict[str, float | int]]:
     """The trade-off table: per resolution, MACs per image and batch-1 latency.

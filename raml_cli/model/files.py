@@ -7,7 +7,7 @@ Format (DESIGN.md, "Model files"): the tensors are the embedding network's
 ``format``          ``raml-model``
 ``format_version``  ``1``
 ``architecture``    backbone name as given to the factory (``resnet50``)
-``pooling``         ``gem``, ``mac`` or ``spoc``
+``pooling``         ``gem``, ``gemmp``, ``mac``, ``spoc`` or ``rmac``
 ``whitening``       output size of the whitening layer, ``0`` for none
 ``embedding_dim``   size of the output vector
 ``mean``, ``std``   JSON lists of 3 floats

@@ -2,7 +2,7 @@
 
     image [B, 3, H, W] (normalised with ``config.mean`` / ``config.std``)
       -> backbone feature map [B, C, h, w]
-      -> global pooling (GeM with learnable p / MAC / SPoC)      [B, C]
+      -> global pooling (GeM, per-channel GeM, MAC, SPoC, R-MAC)  [B, C]
       -> L2 normalisation
       -> optional whitening: Linear(C, d) with bias              [B, d]
       -> L2 normalisation                                        unit rows
@@ -32,7 +32,8 @@ from raml_cli.errors import InputError
 from raml_cli.model.backbone import create_backbone
 from raml_cli.model.pooling import POOLING_NAMES, GeM, create_pooling
 
-GEM_LR_MULTIPLIER = 10.0
+#: The learning-rate multiplier of GeM's p: one p (``gem``) or one per channel (``gemmp``).
+GEM_LR_MULTIPLIER = {"gem": 10.0, "gemmp": 100.0}
 
 
 @dataclass
@@ -41,10 +42,10 @@ class NetworkConfig:
 
     Attributes:
         architecture: a timm model name or ``torchvision/<name>``.
-        pooling: ``gem``, ``mac`` or ``spoc``.
+        pooling: ``gem``, ``gemmp``, ``mac``, ``spoc`` or ``rmac``.
         whitening: output size of the whitening layer; ``0`` for none (then the
             embedding size is the backbone's channel count).
-        gem_p: the initial GeM exponent.
+        gem_p: the initial GeM exponent (``gem`` and ``gemmp``).
         mean, std: input normalisation; ``None`` means the backbone's pretrained
             configuration (ImageNet otherwise), filled in by :func:`build_network`.
     """
@@ -89,7 +90,7 @@ class EmbeddingNetwork(nn.Module):
     Attributes:
         config: the :class:`NetworkConfig` (with ``mean``/``std`` resolved).
         backbone: the feature extractor.
-        pooling: :class:`GeM`, MAC or SPoC.
+        pooling: :class:`GeM` (one p, or one per channel), MAC, SPoC or RMAC.
         whitening: ``nn.Linear(C, d)`` or ``None``.
         backbone_dim: ``C``.
         embedding_dim: ``D`` (``d`` with whitening, else ``C``).
@@ -99,8 +100,8 @@ class EmbeddingNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.pooling = create_pooling(config.pooling, config.gem_p)
         self.backbone_dim = int(backbone_dim)
+        self.pooling = create_pooling(config.pooling, config.gem_p, self.backbone_dim)
         self.whitening = nn.Linear(backbone_dim, config.whitening, bias=True) \
             if config.whitening else None
 
@@ -129,7 +130,8 @@ class EmbeddingNetwork(nn.Module):
         return self
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: GeM's ``p`` gets 10x ``lr`` and no weight decay.
+        """Optimizer parameter groups: GeM's ``p`` gets 10x ``lr`` (``gemmp``: 100x) and no
+        weight decay.
 
         Returns:
             A list for ``torch.optim.AdamW(groups)``; each group has a ``name``
@@ -143,14 +145,16 @@ class EmbeddingNetwork(nn.Module):
         groups: list[dict[str, Any]] = [
             {"name": "network", "params": rest, "lr": lr, "weight_decay": weight_decay}]
         if special:
-            groups.append({"name": "gem_p", "params": special, "lr": lr * GEM_LR_MULTIPLIER,
+            groups.append({"name": "gem_p", "params": special,
+                           "lr": lr * GEM_LR_MULTIPLIER[self.config.pooling],
                            "weight_decay": 0.0})
         return groups
 
     @property
     def gem_p(self) -> float | None:
-        """The current GeM exponent (``None`` for MAC/SPoC)."""
-        return float(self.pooling.p.item()) if isinstance(self.pooling, GeM) else None
+        """The current GeM exponent (``gemmp``: the mean over channels; ``None`` for
+        MAC, SPoC and R-MAC)."""
+        return float(self.pooling.p.mean().item()) if isinstance(self.pooling, GeM) else None
 
 
 def build_network(

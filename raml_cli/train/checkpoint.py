@@ -41,8 +41,23 @@ def checkpoint_path(output: str | os.PathLike) -> Path:
 
 
 #: Loop options that change what is computed (the others may differ when resuming).
-SIGNATURE_LOOP_OPTIONS = ("epochs", "lr", "weight_decay", "accumulate", "seed", "pct_start",
-                          "div_factor", "final_div_factor")
+SIGNATURE_LOOP_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "momentum", "scheduler",
+                          "accumulate", "seed", "pct_start", "div_factor", "final_div_factor")
+#: Options added after checkpoints were first written, with the value every older run had:
+#: a checkpoint written before them resumes as that run.
+SIGNATURE_ADDED = {"optimizer": "adamw", "momentum": 0.9, "scheduler": "onecycle"}
+
+
+def upgrade_signature(stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` (a checkpoint's signature) with :data:`SIGNATURE_ADDED` filled in where an
+    older version left them out."""
+    upgraded = json.loads(json.dumps(stored))
+    loop, task = upgraded.get("loop"), upgraded.get("task")
+    if isinstance(loop, dict) and "optimizer" not in loop:
+        loop.update(SIGNATURE_ADDED)
+        if isinstance(task, dict) and "weight_decay" in task:  # a training's own options
+            task.update(SIGNATURE_ADDED)
+    return upgraded
 
 
 def run_signature(role: str, task_options: dict[str, Any], loop_options: dict[str, Any],

@@ -1,7 +1,8 @@
 """The training loop shared by teacher training and distillation.
 
 One loop, two tasks. The loop owns everything that is the same for every kind of
-training: the optimiser (AdamW) and its one-cycle schedule, gradient accumulation,
+training: the optimiser (AdamW, Adam or SGD) and its schedule (one-cycle, cyclic,
+exponential or none; :mod:`raml_cli.train.schedule`), gradient accumulation,
 DistributedDataParallel, mixed precision, checkpoints and ``--resume``, periodic
 validation, the progress bar, the JSONL log and the NaN guard. A
 :class:`TrainingTask` owns everything that differs: which network is trained, the
@@ -52,8 +53,16 @@ from raml_cli.train.checkpoint import (
     save_checkpoint,
     signature_differences,
     unpack_rng_state,
+    upgrade_signature,
 )
 from raml_cli.train.runlog import log_line, log_path
+from raml_cli.train.schedule import (
+    OPTIMIZER_CHOICES,
+    PER_EPOCH_SCHEDULERS,
+    SCHEDULER_CHOICES,
+    build_optimizer,
+    build_scheduler,
+)
 from raml_cli.train.task import LoopContext, TrainingResult, TrainingTask
 
 
@@ -64,9 +73,11 @@ class LoopConfig:
     Attributes:
         output: the final model file; the checkpoint and the log are written beside it.
         epochs: number of epochs (an epoch is whatever the task's ``batches`` yields).
-        lr: peak learning rate of the one-cycle schedule (per group: the group's own
-            ``lr`` from :meth:`TrainingTask.param_groups`, defaulting to this).
-        weight_decay: AdamW weight decay (per group overridable).
+        lr: peak learning rate of the schedule (per group: the group's own ``lr`` from
+            :meth:`TrainingTask.param_groups`, defaulting to this).
+        weight_decay: the optimiser's weight decay (per group overridable).
+        optimizer: ``adamw``, ``adam`` or ``sgd``; ``momentum``: SGD's momentum.
+        scheduler: ``onecycle``, ``cyclic``, ``exponential`` or ``none``.
         accumulate: micro-batches per optimiser step (gradient accumulation).
         seed: the run's seed; the same seed gives the same run on the same device.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: the local GPU).
@@ -103,6 +114,9 @@ class LoopConfig:
     epochs: int = 100
     lr: float = 1e-4
     weight_decay: float = 1e-6
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    scheduler: str = "onecycle"
     accumulate: int = 1
     seed: int = 0
     device: str = "auto"
@@ -212,7 +226,8 @@ class _Runner:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         groups = self.task.param_groups(module, cfg.lr, cfg.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(groups, cfg.optimizer, cfg.lr, cfg.weight_decay,
+                                         cfg.momentum)
         micro_per_epoch = self.task.batches_per_epoch(ctx)
         self.steps_per_epoch = micro_per_epoch // cfg.accumulate
         if self.steps_per_epoch < 1:
@@ -222,13 +237,12 @@ class _Runner:
                 "--accumulate or --batch-size, or use more images per epoch."
             )
         self.micro_per_epoch = self.steps_per_epoch * cfg.accumulate
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer,
-            max_lr=[group["lr"] for group in self.optimizer.param_groups],
-            total_steps=cfg.epochs * self.steps_per_epoch,
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.scheduler, cfg.epochs * self.steps_per_epoch,
             pct_start=cfg.pct_start, div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
         )
+        self.per_epoch_schedule = cfg.scheduler in PER_EPOCH_SCHEDULERS
         resumed_from = self._maybe_resume()
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -330,7 +344,7 @@ class _Runner:
                            "device": str(self.ctx.device)})
             return None
         state = load_checkpoint(self.checkpoint)
-        stored = json.loads(state["signature"])
+        stored = upgrade_signature(json.loads(state["signature"]))
         if stored != signature:
             raise TrainingError(
                 f"The checkpoint {self.checkpoint} belongs to a run with different options "
@@ -395,7 +409,8 @@ class _Runner:
                     self._nan_stop(value)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
+                if not self.per_epoch_schedule:
+                    self.scheduler.step()
                 self.global_step += 1
                 in_step = 0
                 step_loss.zero_()
@@ -433,6 +448,8 @@ class _Runner:
         cfg = self.config
         self.epoch += 1
         self.micro_batch = 0
+        if self.per_epoch_schedule:
+            self.scheduler.step()  # before the checkpoint, which then resumes the next epoch
         due = cfg.val_every and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs)
         if due:
             self._validate()
@@ -527,6 +544,11 @@ def _check_config(config: LoopConfig) -> None:
          f"--lr must be a positive number (got {config.lr})."),
         (config.weight_decay >= 0, f"--weight-decay must be >= 0 (got {config.weight_decay})."),
         (config.accumulate >= 1, f"--accumulate must be at least 1 (got {config.accumulate})."),
+        (config.optimizer in OPTIMIZER_CHOICES, f"--optimizer must be one of "
+         f"{', '.join(OPTIMIZER_CHOICES)} (got {config.optimizer!r})."),
+        (config.scheduler in SCHEDULER_CHOICES, f"--scheduler must be one of "
+         f"{', '.join(SCHEDULER_CHOICES)} (got {config.scheduler!r})."),
+        (0 <= config.momentum < 1, f"--momentum must be in [0, 1) (got {config.momentum})."),
         (config.val_every >= 0, f"--val-every must be >= 0 (got {config.val_every})."),
         (config.checkpoint_every >= 0,
          f"--checkpoint-every must be >= 0 (got {config.checkpoint_every})."),

@@ -19,6 +19,10 @@ from typing import Any, ClassVar
 from raml_cli.errors import InputError
 
 PRESET_NAMES = ("paper",)
+#: ``--optimizer`` and ``--scheduler`` (built by :mod:`raml_cli.train.schedule`, which
+#: imports torch: the names are repeated here for ``--help``; a test keeps them equal).
+OPTIMIZER_CHOICES = ("adamw", "adam", "sgd")
+SCHEDULER_CHOICES = ("onecycle", "cyclic", "exponential", "none")
 #: ``--keep``: which model the output file holds.
 KEEP_CHOICES = ("best", "last")
 
@@ -31,8 +35,11 @@ class TrainingOptions:
         output: the model file to write (the checkpoint and the log go beside it).
         root: the folder holding the catalogue's datasets.
         epochs: number of epochs.
-        lr: peak learning rate of the one-cycle schedule (GeM's p: 10x).
-        weight_decay: AdamW weight decay (none for GeM's p).
+        lr: peak learning rate of the schedule (GeM's p: 10x; one p per channel: 100x).
+        weight_decay: the optimiser's weight decay (none for GeM's p).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (:mod:`raml_cli.train.schedule`).
+        momentum: SGD's momentum (the other optimisers ignore it).
+        scheduler: ``onecycle``, ``cyclic``, ``exponential`` or ``none``.
         batch_size: items per micro-batch (anchors or images, as the training says).
         accumulate: micro-batches per optimiser step.
         images_per_epoch: items per epoch (0: the whole training split).
@@ -60,6 +67,9 @@ class TrainingOptions:
     epochs: int = 100
     lr: float
     weight_decay: float = 1e-6
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    scheduler: str = "onecycle"
     batch_size: int
     accumulate: int
     images_per_epoch: int = 2000
@@ -199,7 +209,8 @@ class TrainingOptions:
 
         return LoopConfig(
             output=Path(self.output), epochs=self.epochs, lr=self.lr,
-            weight_decay=self.weight_decay, accumulate=self.accumulate, seed=self.seed,
+            weight_decay=self.weight_decay, optimizer=self.optimizer, momentum=self.momentum,
+            scheduler=self.scheduler, accumulate=self.accumulate, seed=self.seed,
             device=self.device, workers=self.workers, val_every=self.val_every,
             checkpoint_every=self.checkpoint_every, resume=self.resume, threads=self.threads,
             keep=self.keep, patience=self.patience, monitor=self.monitor,
@@ -218,6 +229,8 @@ class TrainingOptions:
 
     def check(self) -> None:
         """Reject option values that cannot work, before any work is done."""
+        self.optimizer = str(self.optimizer).strip().lower()
+        self.scheduler = str(self.scheduler).strip().lower()
         for ok, message in self.rules():
             if not ok:
                 raise InputError(message)
@@ -241,6 +254,11 @@ class TrainingOptions:
              "--patience counts validations without improvement, so it needs validation: add "
              "--val-every N."),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63 - 1, got {self.seed}."),
+            (str(self.optimizer).lower() in OPTIMIZER_CHOICES, f"Unknown --optimizer "
+             f"{self.optimizer!r}. Choose one of: {', '.join(OPTIMIZER_CHOICES)}."),
+            (str(self.scheduler).lower() in SCHEDULER_CHOICES, f"Unknown --scheduler "
+             f"{self.scheduler!r}. Choose one of: {', '.join(SCHEDULER_CHOICES)}."),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}."),
         ]
 
 
@@ -273,7 +291,7 @@ class TeacherConfig(TrainingOptions):
     Attributes:
         dataset: a catalogue name or the path of the user's data.
         arch: backbone name (timm, or ``torchvision/<name>``).
-        pool: ``gem``, ``mac`` or ``spoc``.
+        pool: ``gem``, ``gemmp`` (one p per channel), ``mac``, ``spoc`` or ``rmac``.
         dim: whitening output size (0: no whitening).
         whitening_init: ``pca`` (the centred PCA whitening of pooled, L2-normalised
             descriptors of a seeded sample of training images; see

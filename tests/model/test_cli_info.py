@@ -33,3 +33,20 @@ def test_info_json_and_table(tmp_path):
     assert table.exit_code == 0 and "GMACs" in table.stdout and "student" in table.stdout
     bad = runner.invoke(app, ["info", str(path), "--res", "a,b"])
     assert bad.exit_code == 2 and "comma-separated" in bad.stderr
+
+
+def test_info_costs_a_multiscale_query(tmp_path):
+    from raml_cli.model.cost import macs_per_image
+
+    net = build_network(NetworkConfig("test_resnet", whitening=8))
+    path = save_model(tmp_path / "t.safetensors", net, resolution=64, role="teacher",
+                      dataset="toy", config={})
+    result = runner.invoke(app, ["info", str(path), "--res", "64", "--scales", "1,0.5",
+                                 "--no-latency", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["cost"][0]
+    assert row["scales"] == [1.0, 0.5]
+    assert row["multiscale_macs"] == macs_per_image(net, 64) + macs_per_image(net, 32)
+    table = runner.invoke(app, ["info", str(path), "--res", "64", "--scales", "1,0.5",
+                                "--no-latency", "--device", "cpu"])
+    assert table.exit_code == 0 and "scales 1,0.5" in table.stdout

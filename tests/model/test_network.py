@@ -60,11 +60,11 @@ def test_pooling_definitions():
     assert (gem3 > SPoC()(x)).all() and (gem3 < MAC()(x)).all()
 
 
-@pytest.mark.parametrize("pooling", ["mac", "spoc", "gem"])
+@pytest.mark.parametrize("pooling", ["mac", "spoc", "gem", "gemmp", "rmac"])
 def test_every_pooling_builds(pooling):
     net = build_network(NetworkConfig("resnet10t", pooling=pooling, whitening=8))
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 8)
-    assert (net.gem_p is None) == (pooling != "gem")
+    assert (net.gem_p is None) == (pooling not in ("gem", "gemmp"))
 
 
 def test_batchnorm_stays_in_eval_mode_under_train(net):
@@ -107,7 +107,7 @@ def test_torchvision_backbones_keep_their_parameter_names():
 @pytest.mark.parametrize("config,needle", [
     (dict(architecture="resnet5O"), "resnet50"),
     (dict(architecture="torchvision/resnet5"), "torchvision/resnet50"),
-    (dict(architecture="resnet10t", pooling="avg"), "gem, mac, spoc"),
+    (dict(architecture="resnet10t", pooling="avg"), "gem, gemmp, mac, spoc, rmac"),
     (dict(architecture="resnet10t", whitening=-1), "whitening"),
 ])
 def test_bad_configs_name_the_valid_choices(config, needle):
