@@ -52,7 +52,7 @@ def command(
     both resolutions, naive asymmetric search (teacher queries at the small resolution
     against the teacher's large-resolution database), RAML (distilled student queries
     against the same database) and architecture asymmetry (a lighter backbone distilled at
-    the large resolution); OUT/tradeoff.png draws R@1 against query cost. About 7 minutes
+    the large resolution); OUT/tradeoff.png draws R@1 against query cost. About 10 minutes
     on a 2-core CPU; no network. With --init-weights the teacher starts from a pretrained
     backbone.
     """
