@@ -263,6 +263,7 @@ class _Run:
         self.reporter = reporter
         self.seconds: dict[str, float] = {}
         self.reused: list[str] = []
+        self._teacher_info: Any = None
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -306,51 +307,51 @@ class _Run:
     # -- 3. student -------------------------------------------------------------------------
 
     def distill(self, teacher: Path) -> Path:
-        from raml_cli.model.files import trained_with
-        from raml_cli.train.distill import describe_distillation, distill
-        from raml_cli.train.options import DistillConfig, read_teacher_info
-
+        """The RAML student: the teacher's architecture at ``r``."""
         cfg = self.config
-        output = self.out / f"student-{cfg.query_res}px.safetensors"
-        options = cfg.student_options()
-        distill_config = DistillConfig.from_options(
-            teacher, cfg.query_res, output=output, seed=cfg.seed, device=self.device,
-            workers=self.workers, **options)
-        distill_config.check()
-        self.reporter.log(f"[3/5] student: distilled to {cfg.query_res} px (raml distill)")
-        info = read_teacher_info(teacher)  # read and hashed once for the whole step
-        if trained_with(output, describe_distillation(distill_config, info),
-                         teacher_sha256=info.sha256):
-            self.reused.append("student")
-            self.reporter.log(f"reusing {output}")
-            return output
-        distill_config.resume = _checkpoint_exists(output)
-        return distill(distill_config, self.reporter, teacher_info=info)
+        return self._distil(teacher, cfg.query_res, cfg.student_options(),
+                            self.out / f"student-{cfg.query_res}px.safetensors", "student",
+                            f"[3/5] student: distilled to {cfg.query_res} px (raml distill)")
 
     def distill_architecture(self, teacher: Path) -> Path:
         """The architecture-asymmetric row's student: a lighter backbone at ``R``."""
-        from raml_cli.model.files import trained_with
-        from raml_cli.train.distill import describe_distillation, distill
-        from raml_cli.train.options import DistillConfig, read_teacher_info
-
         cfg = self.config
         options = {**DEMO_STUDENT, **DEMO_ARCH_STUDENT, **cfg.student, **cfg.arch_student}
         arch = options["student_arch"]
         output = self.out / f"student-{arch.replace('/', '-')}-{cfg.database_res}px.safetensors"
+        return self._distil(teacher, cfg.database_res, options, output, "arch_student",
+                            f"[3/5] lighter student: {arch} distilled at {cfg.database_res} "
+                            "px (raml distill --student-arch)")
+
+    def _distil(self, teacher: Path, query_res: int, options: dict[str, Any], output: Path,
+                name: str, message: str) -> Path:
+        """Distil ``teacher`` into ``output`` at ``query_res``, or reuse the file when it
+        was trained with these options from this teacher."""
+        from raml_cli.model.files import trained_with
+        from raml_cli.train.distill import describe_distillation, distill
+        from raml_cli.train.options import DistillConfig
+
         distill_config = DistillConfig.from_options(
-            teacher, cfg.database_res, output=output, seed=cfg.seed, device=self.device,
+            teacher, query_res, output=output, seed=self.config.seed, device=self.device,
             workers=self.workers, **options)
         distill_config.check()
-        self.reporter.log(f"[3/5] lighter student: {arch} distilled at {cfg.database_res} px "
-                          "(raml distill --student-arch)")
-        info = read_teacher_info(teacher)
+        self.reporter.log(message)
+        info = self.teacher_info(teacher)
         if trained_with(output, describe_distillation(distill_config, info),
                          teacher_sha256=info.sha256):
-            self.reused.append("arch_student")
+            self.reused.append(name)
             self.reporter.log(f"reusing {output}")
             return output
         distill_config.resume = _checkpoint_exists(output)
         return distill(distill_config, self.reporter, teacher_info=info)
+
+    def teacher_info(self, teacher: Path) -> Any:
+        """The teacher's metadata and sha256, read and hashed once per run."""
+        from raml_cli.train.options import read_teacher_info
+
+        if self._teacher_info is None or Path(self._teacher_info.path) != Path(teacher):
+            self._teacher_info = read_teacher_info(teacher)
+        return self._teacher_info
 
     # -- 4. embeddings ----------------------------------------------------------------------
 
@@ -373,7 +374,8 @@ class _Run:
         }
         self.reporter.log(f"[4/5] embedding the {len(samples)} test images four ways "
                           "(raml embed)")
-        hashes = {model: file_sha256(model) for model in (teacher, student, arch_student)}
+        hashes = {teacher: self.teacher_info(teacher).sha256,
+                  **{model: file_sha256(model) for model in (student, arch_student)}}
         paths = [s.path for s in samples]
         files = {}
         for key, (model, res, role) in jobs.items():
