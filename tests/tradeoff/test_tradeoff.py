@@ -7,31 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from raml_cli.cli.app import app
-from raml_cli.data.toy import generate_toy
 from raml_cli.errors import InputError
-from raml_cli.model.files import save_model
-from raml_cli.model.network import NetworkConfig, build_network
 from raml_cli.tradeoff import TradeoffConfig, plan_cells, run_tradeoff
 
 R = 32
 TINY = {"epochs": 1, "augs": 2, "batch_size": 4, "accumulate": 1, "images_per_epoch": 8,
         "lr": 1e-3}
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tradeoff")
-    data = root / "toy"
-    generate_toy(data, seed=0, num_classes=8, images_per_class=4, min_side=40, max_side=60)
-    torch.manual_seed(0)
-    network = build_network(NetworkConfig("test_resnet", whitening=16))
-    return save_model(root / "teacher.safetensors", network, resolution=R, role="teacher",
-                      dataset=str(data), config={"root": "data"})
 
 
 def _args(teacher: Path, out: Path) -> list[str]:
@@ -43,7 +28,8 @@ def _args(teacher: Path, out: Path) -> list[str]:
             "--json", "--quiet"]
 
 
-def test_grid_rows_picture_and_reuse(teacher: Path, tmp_path: Path) -> None:
+def test_grid_rows_picture_and_reuse(teacher_file: Path, tmp_path: Path) -> None:
+    teacher = teacher_file  # the shared tiny teacher (tests/conftest.py)
     out = tmp_path / "grid"
     first = CliRunner().invoke(app, _args(teacher, out))
     assert first.exit_code == 0, first.output
@@ -77,7 +63,8 @@ def test_grid_rows_picture_and_reuse(teacher: Path, tmp_path: Path) -> None:
             == {k: v for k, v in new.items() if k not in ("query_latency_ms", "reused")}
 
 
-def test_plan_and_user_errors(teacher: Path, tmp_path: Path) -> None:
+def test_plan_and_user_errors(teacher_file: Path, tmp_path: Path) -> None:
+    teacher = teacher_file  # the shared tiny teacher (tests/conftest.py)
     cells = plan_cells(TradeoffConfig(teacher, (32, 16, 8)), "test_resnet", R)
     assert [(c.kind, c.query_res) for c in cells] == [
         ("teacher", 32), ("naive", 16), ("naive", 8), ("resolution", 16), ("resolution", 8)]
