@@ -49,7 +49,7 @@ def command(
     from raml_cli.embed.engine import check_scales
     from raml_cli.model.cost import multiscale_macs, profile
     from raml_cli.model.files import load_model
-    from raml_cli.model.resolution import check_resolution_range
+    from raml_cli.model.limits import check_resolution_range
     from raml_cli.progress import Reporter
 
     reporter = Reporter(quiet=quiet)

@@ -39,7 +39,7 @@ from raml_cli.data.transforms import eval_transform
 from raml_cli.devices import autocast, is_cuda, resolve_device, to_device
 from raml_cli.errors import DataError, InputError, RamlError
 from raml_cli.evaluate.space import SpaceSpread, spread_from_blocks
-from raml_cli.model.resolution import check_resolution_range
+from raml_cli.model.limits import check_resolution_range
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.store import iter_embedding_blocks
 

@@ -38,8 +38,8 @@ import torch
 from raml_cli import __version__
 from raml_cli.atomic import atomic_output
 from raml_cli.errors import FormatError, InputError
+from raml_cli.model.limits import MAX_EMBEDDING_DIM, MAX_RESOLUTION
 from raml_cli.model.network import EmbeddingNetwork, NetworkConfig, build_network
-from raml_cli.model.resolution import MAX_EMBEDDING_DIM, MAX_RESOLUTION
 
 FORMAT = "raml-model"
 FORMAT_VERSION = 1

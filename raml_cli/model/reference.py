@@ -39,6 +39,7 @@ import torch
 
 from raml_cli.errors import FormatError, InputError
 from raml_cli.model.files import ROLES, ModelInfo, file_sha256, read_model_info, save_model
+from raml_cli.model.limits import check_resolution_range
 from raml_cli.model.network import EmbeddingNetwork, NetworkConfig, build_network
 from raml_cli.model.pooling import POOLING_NAMES
 from raml_cli.progress import NULL_REPORTER, Reporter
@@ -401,9 +402,7 @@ def _fill(released: ReleasedModel | None, role: str | None, resolution: int | No
                          "--dataset cub200).")
     if role not in ROLES:
         raise InputError(f"--role must be teacher or student, got {role!r}.")
-    if not 8 <= int(resolution) <= 4096:
-        raise InputError(f"--res must be between 8 and 4096 pixels, got {resolution}.")
-    return role, int(resolution), str(dataset)
+    return role, check_resolution_range(resolution), str(dataset)
 
 
 def _teacher_sha256(teacher: str | os.PathLike, role: str, dataset: str) -> str:

@@ -9,20 +9,6 @@ from raml_cli.errors import InputError
 
 _PROBE_RESOLUTIONS = (32, 64, 96, 128, 160, 224, 299, 384, 448)
 
-#: The largest resolution raml accepts (option or model metadata): 8x the paper's largest
-#: (448 px) and beyond what a batch of images fits in memory at on common hardware.
-MAX_RESOLUTION = 4096
-#: The largest embedding size (whitening output, metadata ``embedding_dim``) raml accepts.
-MAX_EMBEDDING_DIM = 65536
-
-
-def check_resolution_range(res: int, option: str = "--res") -> int:
-    """``res`` if it lies in 8..:data:`MAX_RESOLUTION` pixels, else an :class:`InputError`."""
-    if not 8 <= int(res) <= MAX_RESOLUTION:
-        raise InputError(f"{option} must be between 8 and {MAX_RESOLUTION} pixels, got {res}.")
-    return int(res)
-
-
 def check_resolution(network: nn.Module, res: int, arch: str) -> None:
     """Raise :class:`InputError` when ``network`` cannot embed a ``res x res`` image.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from raml_cli.errors import InputError
+from raml_cli.model.limits import MAX_EMBEDDING_DIM, MAX_RESOLUTION
 
 PRESET_NAMES = ("paper",)
 #: ``--optimizer`` and ``--scheduler`` (built by :mod:`raml_cli.train.schedule`, which
@@ -340,14 +341,14 @@ class TeacherConfig(TrainingOptions):
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
-            (8 <= self.res <= _max_resolution(),
-             f"--res must be between 8 and {_max_resolution()} pixels, got {self.res}."),
+            (8 <= self.res <= MAX_RESOLUTION,
+             f"--res must be between 8 and {MAX_RESOLUTION} pixels, got {self.res}."),
             *super().rules(),
             (self.negatives >= 1, f"--negatives must be at least 1, got {self.negatives}."),
             (self.margin >= 0, f"--margin must be >= 0, got {self.margin}."),
             (self.pool_size >= 1, f"--pool-size must be at least 1, got {self.pool_size}."),
-            (0 <= self.dim <= 65536,
-             f"--dim must be 0 (no whitening) or up to 65536, got {self.dim}."),
+            (0 <= self.dim <= MAX_EMBEDDING_DIM,
+             f"--dim must be 0 (no whitening) or up to {MAX_EMBEDDING_DIM}, got {self.dim}."),
         ]
 
     def check(self) -> None:
@@ -457,11 +458,11 @@ class DistillConfig(TrainingOptions):
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
-            (8 <= self.query_res <= _max_resolution(),
-             f"--query-res must be between 8 and {_max_resolution()} pixels, got "
+            (8 <= self.query_res <= MAX_RESOLUTION,
+             f"--query-res must be between 8 and {MAX_RESOLUTION} pixels, got "
              f"{self.query_res}."),
-            (self.database_res is None or 8 <= self.database_res <= _max_resolution(),
-             f"--database-res must be between 8 and {_max_resolution()} pixels, got "
+            (self.database_res is None or 8 <= self.database_res <= MAX_RESOLUTION,
+             f"--database-res must be between 8 and {MAX_RESOLUTION} pixels, got "
              f"{self.database_res}."),
             (self.mode in DISTILL_MODES, f"--mode must be one of {', '.join(DISTILL_MODES)}, "
                                          f"got {self.mode!r}."),
@@ -496,12 +497,6 @@ class DistillConfig(TrainingOptions):
     def views(self) -> int:
         """``P``: views per image (1 in ``regression`` mode)."""
         return 1 if self.mode == "regression" else self.augs
-
-
-def _max_resolution() -> int:
-    from raml_cli.model.resolution import MAX_RESOLUTION  # torch: only once a run is checked
-
-    return MAX_RESOLUTION
 
 
 def _check_teacher_exists(path: Path) -> None:
