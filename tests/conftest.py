@@ -32,3 +32,13 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     network = build_network(NetworkConfig("test_resnet", whitening=16))
     return save_model(root / "teacher.safetensors", network, resolution=R, role="teacher",
                       dataset=str(data), config={"root": "data"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where torch sees a GPU (benchmarks/gpu.sh runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
