@@ -2,8 +2,9 @@
 
 :func:`embed_dataset` is what ``raml embed`` runs. It streams: images are decoded by
 DataLoader workers (reduced-size JPEG decoding when the target is much smaller), batched,
-sent through the network in inference mode (channels-last; bf16 autocast, pinned memory
-and non-blocking copies on CUDA), and the rows are appended to ``OUT.h5.partial`` every
+sent through the network prepared for inference (BatchNorm folded into the convolutions,
+channels-last, see :mod:`raml_cli.model.inference`; bf16 autocast, pinned memory and
+non-blocking copies on CUDA), and the rows are appended to ``OUT.h5.partial`` every
 ``chunk_rows`` images, so memory does not grow with the number of images. The file is
 renamed to ``OUT.h5`` only when complete; after a crash or Ctrl-C, ``resume=True``
 continues from the last complete chunk and yields the same file as an uninterrupted run
@@ -39,6 +40,7 @@ from raml_cli.data.transforms import eval_transform
 from raml_cli.devices import autocast, is_cuda, resolve_device, to_device
 from raml_cli.errors import DataError, InputError, RamlError
 from raml_cli.evaluate.space import SpaceSpread, spread_from_blocks
+from raml_cli.model.inference import prepare_for_inference
 from raml_cli.model.limits import check_resolution_range
 from raml_cli.progress import NULL_REPORTER, Reporter
 from raml_cli.store import iter_embedding_blocks
@@ -188,7 +190,7 @@ def embed_in_memory(
     device: str | torch.device = "cpu",
     workers: int = 0,
     *,
-    channels_last: bool = True,
+    channels_last: bool | None = None,
     mixed_precision: bool = True,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -199,11 +201,14 @@ def embed_in_memory(
 
     Args:
         network: an :class:`~raml_cli.model.network.EmbeddingNetwork` (or a DDP wrapper of
-            one), already on ``device``; it is put in eval mode for the pass and its
-            training mode restored after.
+            one), already on ``device``; it is left as it is: the pass runs a copy
+            prepared for inference (BatchNorm folded; see
+            :func:`~raml_cli.model.inference.prepare_for_inference`), unless ``network``
+            is already prepared.
         samples: images relative to ``root``; rows come back in this order.
         res: the resolution (METHOD.md evaluation transform).
-        channels_last: feed channels-last batches (the network's own layout is left as is).
+        channels_last: the layout of the prepared network and its batches; ``None``: the
+            device's default.
         mixed_precision: bf16 autocast on CUDA (no effect on the CPU).
         mean, std: input normalisation; default ``network.config.mean/std``.
 
@@ -218,22 +223,21 @@ def embed_in_memory(
     order = list(range(len(samples)))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     out: np.ndarray | None = None
-    was_training = network.training
-    network.eval()
     reporter = reporter or NULL_REPORTER
-    try:
-        with torch.inference_mode(), reporter.track(description, len(samples), "img") as bar:
-            for batch in _loader(dataset, batches, workers, device):
-                if batch.bad:
-                    raise DataError(batch.bad[0][1].reason)
-                rows = _forward(network, batch.images, device, channels_last,
-                                mixed_precision).cpu().numpy()
-                if out is None:
-                    out = np.empty((len(samples), rows.shape[1]), dtype=np.float32)
-                out[batch.indices.numpy()] = rows
-                bar.advance(len(rows))
-    finally:
-        network.train(was_training)
+    if not samples:
+        raise InputError("No images to embed: the sample list is empty.")
+    network = prepare_for_inference(network, device, channels_last=channels_last)
+    layout = network.inference.channels_last
+    with torch.inference_mode(), reporter.track(description, len(samples), "img") as bar:
+        for batch in _loader(dataset, batches, workers, device):
+            if batch.bad:
+                raise DataError(batch.bad[0][1].reason)
+            rows = _forward(network, batch.images, device, layout,
+                            mixed_precision).cpu().numpy()
+            if out is None:
+                out = np.empty((len(samples), rows.shape[1]), dtype=np.float32)
+            out[batch.indices.numpy()] = rows
+            bar.advance(len(rows))
     if out is None:
         raise InputError("No images to embed: the sample list is empty.")
     return out
@@ -314,6 +318,7 @@ def embed_dataset(
     inputs: dict[str, str | os.PathLike] | None = None,
     scales: Sequence[float] = SINGLE_SCALE,
     scale_power: float = 1.0,
+    compile: bool = False,
 ) -> EmbedResult:
     """Embed ``samples`` with the model file ``model`` into the embeddings file ``output``.
 
@@ -334,6 +339,8 @@ def embed_dataset(
             evaluation-transformed image resized), the vectors averaged with
             ``scale_power`` and L2-normalised (see :func:`_forward`). ``(1,)``: the plain
             single-scale vectors. Recorded in the file's ``scales`` and ``scale_power``.
+        compile: run the network through ``torch.compile`` (one compilation per input
+            shape; see :mod:`raml_cli.model.inference`).
 
     Raises:
         DataError: an unreadable image without ``skip_bad`` (the ``.partial`` file is kept
@@ -360,7 +367,7 @@ def embed_dataset(
                       workers=workers, resume=resume, skip_bad=skip_bad,
                       chunk_rows=chunk_rows, reporter=reporter if setup.rank == 0
                       else NULL_REPORTER, scales=tuple(float(v) for v in scales),
-                      scale_power=float(scale_power))
+                      scale_power=float(scale_power), compile=compile)
     finally:
         if setup.distributed and not already:
             shutdown_distributed()
@@ -386,12 +393,13 @@ def _embed(load_model: Any, model: str | os.PathLike, output: str | os.PathLike,
            samples: list[Sample], root: Path, setup: Any, *, dataset: str, split: str,
            res: int | None, batch_size: int, workers: int | None, resume: bool,
            skip_bad: bool, chunk_rows: int, reporter: Reporter,
-           scales: tuple[float, ...] = SINGLE_SCALE, scale_power: float = 1.0) -> EmbedResult:
+           scales: tuple[float, ...] = SINGLE_SCALE, scale_power: float = 1.0,
+           compile: bool = False) -> EmbedResult:
     from raml_cli.distributed import barrier, broadcast_object
 
     device, rank, world = setup.device, setup.rank, setup.world_size
     network, info = load_model(model, device)
-    network = network.to(memory_format=torch.channels_last)
+    network = prepare_for_inference(network, device, copy=False, compile=compile)
     res = check_resolution_range(int(res or info.resolution))
     scales = check_scales(scales, res, scale_power)
     workers = default_workers(device) if workers is None else int(workers)
@@ -504,7 +512,8 @@ def _compute(network: nn.Module, batch: Batch | None, device: torch.device,
         empty = np.empty((0, dim), dtype=np.float32)
         bad = batch.bad if batch is not None else []
         return empty, np.empty((0,), dtype=np.int64), [], bad
-    rows = _forward(network, batch.images, device, True, True, scales, power).cpu().numpy()
+    rows = _forward(network, batch.images, device, network.inference.channels_last, True,
+                    scales, power).cpu().numpy()
     return rows, batch.labels.numpy(), batch.indices.tolist(), batch.bad
 
 

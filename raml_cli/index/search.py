@@ -167,6 +167,7 @@ def search_images(model: str | os.PathLike, index_file: str | os.PathLike,
     from raml_cli.devices import resolve_device
     from raml_cli.embed import embed_in_memory
     from raml_cli.model.files import load_model, read_model_info
+    from raml_cli.model.inference import prepare_for_inference
 
     reporter = reporter or NULL_REPORTER
     if not samples:
@@ -178,6 +179,7 @@ def search_images(model: str | os.PathLike, index_file: str | os.PathLike,
     params = _params(loaded, nprobe, ef)
     torch_device = resolve_device(device)
     network, info = load_model(model, torch_device)
+    network = prepare_for_inference(network, torch_device, copy=False)
     resolution = int(res or info.resolution)
     started = time.perf_counter()
     vectors = embed_in_memory(network, samples, root, resolution, batch_size=batch_size,

@@ -244,12 +244,14 @@ def _row(cell: Cell, database: Path, config: TradeoffConfig, device: Any, R: int
     from raml_cli.evaluate import evaluate_sets
     from raml_cli.model.cost import latency_ms, macs_per_image
     from raml_cli.model.files import load_model
+    from raml_cli.model.inference import prepare_for_inference
     from raml_cli.store import read_embeddings
 
     queries, db = read_embeddings(cell.queries), read_embeddings(database)
     asym = evaluate_sets(queries, db, ks=config.ks)
     sym = evaluate_sets(queries, ks=config.ks)
     network, _ = load_model(cell.model, device)
+    network = prepare_for_inference(network, device, copy=False)
     latency = None
     if config.measure_latency:
         reporter.log(f"timing {cell.arch} at {cell.query_res} px on {device}")

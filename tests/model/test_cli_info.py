@@ -50,3 +50,41 @@ def test_info_costs_a_multiscale_query(tmp_path):
     table = runner.invoke(app, ["info", str(path), "--res", "64", "--scales", "1,0.5",
                                 "--no-latency", "--device", "cpu"])
     assert table.exit_code == 0 and "scales 1,0.5" in table.stdout
+
+
+def test_info_times_batches_against_the_bare_product(tmp_path):
+    net = build_network(NetworkConfig("test_resnet", whitening=8))
+    path = save_model(tmp_path / "t.safetensors", net, resolution=32, role="teacher",
+                      dataset="toy", config={})
+    result = runner.invoke(app, ["info", str(path), "--res", "32", "--batch", "1,4",
+                                 "--repeats", "2", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["bare_gflops"] > 0
+    assert out["inference"]["folded_batchnorms"] == 15 and out["inference"]["channels_last"]
+    row = out["cost"][0]
+    timings = {(t["runtime"], t["batch"]): t for t in row["timings"]}
+    assert set(timings) == {("torch", 1), ("torch", 4)}
+    four = timings[("torch", 4)]
+    assert four["images_per_s"] == pytest.approx(4000 / four["ms"])
+    assert four["gflops"] == pytest.approx(2 * row["macs"] * 4 / (four["ms"] / 1000) / 1e9)
+    assert four["fraction_of_bare"] == pytest.approx(four["gflops"] / out["bare_gflops"])
+    assert row["latency_ms"] == timings[("torch", 1)]["ms"]
+    table = runner.invoke(app, ["info", str(path), "--res", "32", "--batch", "2",
+                                "--repeats", "1", "--device", "cpu"])
+    assert table.exit_code == 0, table.output
+    assert "GFLOP/s" in table.stdout and "15 BatchNorm folded" in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "0"], "--batch"),
+    (["--batch", "5000"], "at most 1024"),
+    (["--runtime", "tensorrt"], "--runtime takes"),
+])
+def test_info_refuses_bad_timing_options(tmp_path, args, message):
+    path = save_model(tmp_path / "t.safetensors",
+                      build_network(NetworkConfig("test_resnet", whitening=8)), resolution=32,
+                      role="teacher", dataset="toy", config={})
+    result = runner.invoke(app, ["info", str(path), "--res", "32", "--device", "cpu", *args])
+    assert result.exit_code == 2 and message in result.stderr
+    assert "Traceback" not in result.output

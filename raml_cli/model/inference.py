@@ -1,0 +1,312 @@
+"""A network prepared once for inference: BatchNorm folded, eval mode, the device's layout.
+
+Every path that only runs a network forward (``raml embed``, ``raml search``, ``raml info``,
+``raml tradeoff``, validation inside training) goes through :func:`prepare_for_inference`:
+
+1. **BatchNorm folding.** In eval mode a BatchNorm is a per-channel affine map,
+   ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; when its input is the output of a
+   convolution that nothing else reads, the map is folded into the convolution's weights
+   and bias (``W' = W * s``, ``b' = (b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``)
+   and the BatchNorm is dropped: one pass over the activations less per layer. Which
+   convolution feeds which BatchNorm is read from a :mod:`torch.fx` trace of the network
+   (convolutions and BatchNorms kept as leaves), so a convolution whose output also goes
+   elsewhere (it would see the folded values) is never folded. timm's ``BatchNormAct2d``
+   (BatchNorm, then dropout and activation in one module) keeps its dropout and
+   activation. A network that cannot be traced is left unfolded (``plan.note`` says why).
+   Folding changes the arithmetic's rounding only: unit embeddings stay within 1e-5 of
+   the unfolded network's (a test), and each preparation checks it on a small probe
+   batch, keeping the unfolded network if the probe differs by more than 1e-4.
+2. **Memory layout.** Channels-last on CUDA (tensor cores want NHWC). On the CPU the
+   default is also channels-last for the folded network: on the development machine (a
+   shared 2-core AVX-512 CPU, oneDNN) it was faster at every measured size for
+   resnet50 (see docs/embed.md, "Query speed"); ``channels_last=False`` keeps NCHW.
+3. **Optional** ``torch.compile`` (``compile=True``; the commands' ``--compile``): one
+   compilation per input shape on first use (seconds to minutes), then faster passes on
+   some devices. It needs a working compiler toolchain; a failure is a clear error.
+
+The training network is never modified: ``copy=True`` (the default) prepares a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy as copy_module
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from raml_cli.errors import InputError
+
+#: The largest difference between folded and unfolded unit embeddings the probe accepts.
+PROBE_TOLERANCE = 1e-4
+#: Side of the probe batch that checks a folded network against the unfolded one.
+PROBE_SIDE = 64
+
+
+@dataclass
+class InferencePlan:
+    """What :func:`prepare_for_inference` did to a network (kept as ``network.inference``).
+
+    Attributes:
+        folded: BatchNorm layers folded into the convolution before them.
+        unfolded: BatchNorm layers left as they are (no single convolution before them).
+        channels_last: whether the network's weights (and inputs) are channels-last.
+        compiled: whether the forward pass runs through ``torch.compile``.
+        probe_difference: max abs difference of the probe batch, folded vs unfolded.
+        note: why folding was skipped, if it was.
+    """
+
+    folded: int = 0
+    unfolded: int = 0
+    channels_last: bool = False
+    compiled: bool = False
+    probe_difference: float | None = None
+    note: str | None = None
+    device: str = "cpu"
+
+    def as_dict(self) -> dict:
+        return {"folded_batchnorms": self.folded, "unfolded_batchnorms": self.unfolded,
+                "channels_last": self.channels_last, "compiled": self.compiled,
+                "probe_difference": self.probe_difference, "note": self.note,
+                "device": self.device}
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """An fx tracer that keeps convolutions and BatchNorms (and timm's untraceable layers)
+    as single nodes."""
+
+    def __init__(self) -> None:
+        notrace_modules: tuple[type, ...] = ()
+        autowrap: tuple = ()
+        try:  # timm marks the layers its own fx feature extractor cannot trace into
+            from timm.layers import _fx as timm_fx
+
+            notrace_modules = tuple(timm_fx.get_notrace_modules())
+            autowrap = tuple(timm_fx.get_notrace_functions())
+        except (ImportError, AttributeError):  # pragma: no cover - timm without the helpers
+            pass
+        super().__init__(autowrap_functions=autowrap)
+        self._notrace = notrace_modules
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if isinstance(module, (nn.Conv2d, _BatchNorm)) or isinstance(module, self._notrace):
+            return True
+        return super().is_leaf_module(module, qualified_name)
+
+
+def _foldable_bn(module: nn.Module) -> bool:
+    """A BatchNorm whose forward is exactly the eval-mode affine map (plus, for timm's
+    BatchNormAct2d, a dropout and an activation after it)."""
+    if not isinstance(module, nn.BatchNorm2d) or module.running_mean is None:
+        return False
+    if type(module) is nn.BatchNorm2d:
+        return True
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:  # pragma: no cover
+        return False
+    return type(module) is BatchNormAct2d
+
+
+def _conv_bn_pairs(network: nn.Module) -> tuple[list[tuple[str, str]], int]:
+    """``(conv, bn)`` qualified names where the BatchNorm's only input is the convolution's
+    output and nothing else reads that output; and the number of BatchNorms left over."""
+    # The backbone holds every convolution; the head (pooling, whitening) has none.
+    root, prefix = (network.backbone, "backbone.") if isinstance(
+        getattr(network, "backbone", None), nn.Module) else (network, "")
+    graph = _LeafTracer().trace(root)
+    modules = {prefix + name: module for name, module in root.named_modules()}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            node.target = prefix + str(node.target)
+    pairs, leftover = [], 0
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BatchNorm):
+            continue
+        source = node.args[0] if node.args else None
+        bn = modules[node.target]
+        if (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and type(modules.get(source.target)) in _FOLDABLE_CONVS()
+                and len(source.users) == 1 and len(node.args) == 1 and not node.kwargs
+                and _foldable_bn(bn)):
+            pairs.append((str(source.target), str(node.target)))
+        else:
+            leftover += 1
+    return pairs, leftover
+
+
+def _FOLDABLE_CONVS() -> tuple[type, ...]:  # noqa: N802 - a constant computed on first use
+    """Convolution classes whose forward is ``conv2d(x, self.weight, self.bias, ...)``."""
+    kinds: list[type] = [nn.Conv2d]
+    try:
+        from timm.layers import Conv2dSame
+
+        kinds.append(Conv2dSame)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (eval mode) into ``conv``'s weight and bias, in place."""
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine \
+            else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        weight = conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+        new_bias = (bias - bn.running_mean) * scale + shift
+        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+        conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=False)
+
+
+def _replace(network: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = network.get_submodule(parent_name) if parent_name else network
+    setattr(parent, child, module)
+
+
+def fold_batchnorm(network: nn.Module) -> tuple[int, int, str | None, list]:
+    """Fold every BatchNorm that directly follows a convolution into it, in place.
+
+    Returns:
+        ``(folded, left, note, undo)``: BatchNorms folded, BatchNorms left, why nothing was
+        folded when the network could not be traced (else ``None``), and what
+        :func:`_unfold` needs to restore the network.
+    """
+    try:
+        pairs, leftover = _conv_bn_pairs(network)
+    except Exception as exc:  # fx cannot trace every architecture: fold nothing then
+        count = sum(isinstance(m, _BatchNorm) for m in network.modules())
+        return 0, count, f"not traceable by torch.fx ({type(exc).__name__}); BatchNorm " \
+                         "left unfolded", []
+    undo = []
+    for conv_name, bn_name in pairs:
+        conv, bn = network.get_submodule(conv_name), network.get_submodule(bn_name)
+        undo.append((conv_name, conv.weight, conv.bias, bn_name, bn))
+        _fold(conv, bn)
+        if type(bn) is nn.BatchNorm2d:
+            _replace(network, bn_name, nn.Identity())
+        else:  # BatchNormAct2d: keep what follows the normalisation
+            _replace(network, bn_name, nn.Sequential(bn.drop, bn.act))
+    return len(pairs), leftover, None, undo
+
+
+def _unfold(network: nn.Module, undo: list) -> None:
+    """Put back what :func:`fold_batchnorm` changed."""
+    for conv_name, weight, bias, bn_name, bn in reversed(undo):
+        conv = network.get_submodule(conv_name)
+        conv.weight = weight
+        conv.bias = bias
+        _replace(network, bn_name, bn)
+
+
+def default_channels_last(device: torch.device) -> bool:
+    """Channels-last by default on CUDA and on the CPU (see the module text)."""
+    return True
+
+
+def prepare_for_inference(
+    network: nn.Module,
+    device: str | torch.device = "cpu",
+    *,
+    fold: bool = True,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    copy: bool = True,
+    probe: bool = True,
+) -> nn.Module:
+    """The network ready for forward passes only: eval mode, no gradients, BatchNorm folded,
+    on ``device`` in the device's best memory layout; optionally compiled.
+
+    Args:
+        network: an :class:`~raml_cli.model.network.EmbeddingNetwork` (or a DDP wrapper of
+            one: its module is used).
+        device: where it runs.
+        fold: fold BatchNorm into convolutions.
+        channels_last: ``None``: :func:`default_channels_last`.
+        compile: wrap the forward pass in ``torch.compile``.
+        copy: prepare a copy and leave ``network`` as it is (``False``: modify it in place,
+            for a network loaded only to run).
+        probe: check the folded network against the unfolded one on a small random batch
+            and undo the folding if they differ by more than :data:`PROBE_TOLERANCE`.
+
+    Returns:
+        The prepared module; ``module.inference`` is its :class:`InferencePlan`. A network
+        that is already prepared (has ``inference``) is returned as it is.
+
+    Raises:
+        InputError: ``compile`` requested where ``torch.compile`` is not available.
+    """
+    network = getattr(network, "module", network)  # DDP / DataParallel
+    if isinstance(getattr(network, "inference", None), InferencePlan):
+        return network
+    device = torch.device(device)
+    if copy:
+        network = copy_module.deepcopy(network)
+    network = network.to(device).eval().requires_grad_(False)
+    plan = InferencePlan(device=str(device))
+    if fold:
+        reference = _probe_output(network, device) if probe else None
+        plan.folded, plan.unfolded, plan.note, undo = fold_batchnorm(network)
+        if plan.folded and reference is not None:
+            difference = (_probe_output(network, device) - reference).abs().max()
+            plan.probe_difference = float(difference.item())
+            if not plan.probe_difference <= PROBE_TOLERANCE:
+                plan.note = (f"folding changed the probe's embeddings by "
+                             f"{plan.probe_difference:.2e} (> {PROBE_TOLERANCE:g}); "
+                             "BatchNorm left unfolded")
+                _unfold(network, undo)
+                plan.unfolded += plan.folded
+                plan.folded = 0
+    plan.channels_last = default_channels_last(device) if channels_last is None \
+        else bool(channels_last)
+    if plan.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    if compile:
+        network = _compiled(network)
+        plan.compiled = True
+    network.inference = plan
+    return network
+
+
+def _probe_output(network: nn.Module, device: torch.device) -> torch.Tensor:
+    """The network's float32 output for a fixed random ``2 x 3 x 64 x 64`` batch."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, PROBE_SIDE, PROBE_SIDE, generator=generator).to(device)
+    with torch.inference_mode(), _exact_float32():
+        return network(x).float()
+
+
+@contextlib.contextmanager
+def _exact_float32() -> Iterator[None]:
+    """TF32 off for the probe: its rounding (~1e-3) would hide what folding changes."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                        allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def _compiled(network: nn.Module) -> nn.Module:
+    """``network`` with its forward pass compiled (``torch.compile``), or a clear error."""
+    if not hasattr(torch, "compile"):
+        raise InputError("--compile needs torch.compile (torch 2.0 or newer); this torch "
+                         f"{torch.__version__} lacks it. Run without --compile.")
+    try:
+        network.forward = torch.compile(network.forward, dynamic=False)
+    except Exception as exc:  # torch.compile refuses some platforms up front
+        raise InputError(f"torch.compile is not available here ({exc}). Run without "
+                         "--compile.") from exc
+    return network
+
+
+def unprepared(network: nn.Module) -> bool:
+    """Whether ``network`` still needs :func:`prepare_for_inference`."""
+    return not isinstance(getattr(network, "inference", None), InferencePlan)

