@@ -9,6 +9,7 @@ import typer
 
 from raml_cli.cli.options import (
     BatchSizeOpt,
+    CompileOpt,
     DatasetOpt,
     DeviceOpt,
     JsonOpt,
@@ -68,6 +69,7 @@ def command(
     chunk_rows: Annotated[int, typer.Option(
         "--chunk-rows", min=1, max=1048576, help="Rows written per step; --resume restarts "
         "from the last complete step.")] = 1024,
+    compile: CompileOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -105,7 +107,7 @@ def command(
         model, output, samples, image_root, dataset=dataset_name, split=split_name, res=res,
         batch_size=batch_size, workers=workers, device=device, resume=resume,
         skip_bad=skip_bad, chunk_rows=chunk_rows, reporter=reporter, inputs=listed,
-        scales=scale_list, scale_power=scale_power)
+        scales=scale_list, scale_power=scale_power, compile=compile)
     if result.rank != 0:  # under torchrun only the writing process reports
         return
     if result.space is not None and result.space.collapsed:

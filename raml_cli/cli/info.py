@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, parse_float_list, parse_int_list
+from raml_cli.cli.options import (
+    CompileOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    parse_float_list,
+    parse_int_list,
+)
 
 EXAMPLES = """
 Examples:
@@ -48,9 +55,7 @@ def command(
         "the device's bare matrix product.")] = True,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed passes per "
                                          "resolution and batch size.")] = 5,
-    compile: Annotated[bool, typer.Option(
-        "--compile", help="Time the torch passes through torch.compile (compiles once per "
-        "shape first).")] = False,
+    compile: CompileOpt = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,

@@ -19,6 +19,12 @@ DeviceOpt = Annotated[
     typer.Option("--device", help="Where networks run: auto (CUDA when present), cpu, cuda, "
                  "cuda:N.", show_default=True),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile", help="Run the network through torch.compile: one compilation "
+                 "per input shape first (seconds to minutes), then possibly faster passes; "
+                 "measure with `raml info --compile` before relying on it."),
+]
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="Random seed; the same seed gives the same result on the "
                       "same device.")

@@ -300,10 +300,24 @@ def _compiled(network: nn.Module) -> nn.Module:
         raise InputError("--compile needs torch.compile (torch 2.0 or newer); this torch "
                          f"{torch.__version__} lacks it. Run without --compile.")
     try:
-        network.forward = torch.compile(network.forward, dynamic=False)
+        compiled = torch.compile(network.forward, dynamic=False)
     except Exception as exc:  # torch.compile refuses some platforms up front
         raise InputError(f"torch.compile is not available here ({exc}). Run without "
                          "--compile.") from exc
+
+    def forward(*args: object, **kwargs: object) -> torch.Tensor:
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as exc:  # compilation happens on the first call of each shape
+            origin = type(exc).__module__ or ""
+            if origin.startswith(("torch._dynamo", "torch._inductor")):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise InputError(f"torch.compile could not compile the network on this "
+                                 f"machine ({type(exc).__name__}: {first[:300]}). Run "
+                                 "without --compile.") from exc
+            raise
+
+    network.forward = forward
     return network
 
 

@@ -180,3 +180,20 @@ def test_compiled_network_gives_the_same_embeddings():
     x = torch.randn(2, 3, 16, 16)
     got = _embed(prepared, x.contiguous(memory_format=torch.channels_last))
     assert (got - _embed(network, x)).abs().max() <= 1e-5
+
+
+def test_a_compilation_failure_is_a_clear_error(monkeypatch):
+    from torch._inductor.exc import InductorError
+
+    from raml_cli.errors import InputError
+
+    def failing_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise InductorError(RuntimeError("no C++ compiler"), "no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    prepared = prepare_for_inference(build_network(NetworkConfig("test_resnet", whitening=8)),
+                                     "cpu", compile=True)
+    with pytest.raises(InputError, match="Run without --compile"):
+        prepared(torch.randn(1, 3, 32, 32))
