@@ -2,8 +2,9 @@
 
 For each resolution, in one run and with the same network, batch size and device:
 
-- **bare forward**: images/s of ``network(x)`` on random tensors already in memory
-  (channels-last, inference mode; bf16 autocast on CUDA): the limit;
+- **bare forward**: images/s of ``network(x)`` on random tensors already in memory, the
+  network prepared as ``raml embed`` prepares it (BatchNorm folded, channels-last,
+  inference mode; bf16 autocast on CUDA): the limit;
 - **raml embed**: images/s of the real extraction engine (``embed_dataset``, what the
   command runs) on 500x375 JPEGs it generates: decoding, resizing, batching, forward,
   writing the HDF5 file; the model load and one warm-up batch are outside the clock
@@ -39,6 +40,7 @@ from raml_cli.data.dataset import Sample
 from raml_cli.devices import autocast, resolve_device
 from raml_cli.embed import default_workers, embed_dataset
 from raml_cli.model.files import load_model, save_model
+from raml_cli.model.inference import prepare_for_inference
 from raml_cli.model.network import NetworkConfig, build_network
 
 
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                                 build_network(NetworkConfig(args.arch, whitening=512)),
                                 resolution=224, role="teacher", dataset="bench", config={})
         network, _ = load_model(model_path, device)
-        network = network.to(memory_format=torch.channels_last)
+        # The network exactly as raml embed runs it (BatchNorm folded, channels-last).
+        network = prepare_for_inference(network, device, copy=False)
         for res in resolutions:
             n = count(res)
             samples = samples_all[:n]
