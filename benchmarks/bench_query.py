@@ -6,9 +6,10 @@ batch size (default 1 and 32), in one run:
 
 - **unfused, channels-last**: the network as raml ran it before inference preparation
   (eval mode, channels-last weights and inputs);
-- **unfused, NCHW**: the same in the default contiguous layout;
 - **fused, NCHW** and **fused, channels-last**: :func:`prepare_for_inference` (BatchNorm
   folded into the convolutions) in either layout;
+- **fused, CL, 1x1 as GEMM**: channels-last with the 1x1 convolutions run as one matrix
+  product each (:class:`~raml_cli.model.inference.PointwiseGemm`; raml's CPU default);
 - **bare matrix product**: a float32 ``n x n x n`` product (``--matmul-size``, default
   2048) with torch on the same device: the device's practical peak, against which the
   networks' achieved GFLOP/s (2 x MACs x batch / time) are compared.
@@ -84,12 +85,16 @@ def main() -> None:
     base = build_network(NetworkConfig(args.arch, whitening=args.whitening)).eval()
     variants = {
         "unfused, channels-last": prepare_for_inference(base, device, fold=False,
-                                                        channels_last=True),
-        "unfused, NCHW": prepare_for_inference(base, device, fold=False, channels_last=False),
+                                                        channels_last=True, pointwise=False),
         "fused, NCHW": prepare_for_inference(base, device, channels_last=False),
-        "fused, channels-last": prepare_for_inference(base, device, channels_last=True),
+        "fused, channels-last": prepare_for_inference(base, device, channels_last=True,
+                                                      pointwise=False),
+        "fused, CL, 1x1 as GEMM": prepare_for_inference(base, device, channels_last=True,
+                                                        pointwise=True),
     }
-    folded = variants["fused, NCHW"].inference.folded
+    default = prepare_for_inference(base, device).inference
+    print(f"# raml's default on {device}: {default.as_dict()}", file=sys.stderr)
+    folded = default.folded
     macs = {res: macs_per_image(base, res) for res in resolutions}
     cells = [(res, batch) for res in resolutions for batch in batches]
     times: dict[tuple[str, int, int], list[float]] = {}

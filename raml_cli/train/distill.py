@@ -115,6 +115,7 @@ class DistillTask(TrainingTask):
 
     def build(self, ctx: LoopContext) -> nn.Module:
         from raml_cli.model.files import load_model
+        from raml_cli.model.inference import prepare_for_inference
         from raml_cli.model.network import build_network
         from raml_cli.model.resolution import check_resolution
         from raml_cli.train.splits import load_training_splits
@@ -136,9 +137,9 @@ class DistillTask(TrainingTask):
 
         teacher, loaded = load_model(cfg.teacher, device=ctx.device)
         self._check_same_teacher(loaded.sha256)
-        teacher.eval().requires_grad_(False)
-        if ctx.channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
+        # The frozen teacher only runs forward: BatchNorm folded, the loop's layout.
+        teacher = prepare_for_inference(teacher, ctx.device, copy=False,
+                                        channels_last=ctx.channels_last)
         self.teacher = teacher
         check_resolution(teacher, self.database_res, self.info.architecture)
         if cfg.init == "teacher":

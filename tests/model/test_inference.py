@@ -92,7 +92,7 @@ def test_a_probe_that_disagrees_puts_the_batchnorms_back(monkeypatch):
     network = _randomise_batchnorm(build_network(NetworkConfig("test_resnet", whitening=8)))
     expected_state = copy.deepcopy(network.state_dict())
     monkeypatch.setattr(inference, "PROBE_TOLERANCE", -1.0)  # every probe "disagrees"
-    prepared = prepare_for_inference(network, "cpu", copy=False)
+    prepared = prepare_for_inference(network, "cpu", copy=False, pointwise=False)
     assert prepared is network and prepared.inference.folded == 0
     assert "left unfolded" in prepared.inference.note
     state = prepared.state_dict()
@@ -125,6 +125,25 @@ def test_preparing_twice_is_free_and_a_training_network_is_left_training():
     assert prepare_for_inference(prepared, "cpu") is prepared
     assert network.training and network.whitening.weight.requires_grad
     assert not any(p.requires_grad for p in prepared.parameters())
+
+
+def test_pointwise_convolutions_as_matrix_products_give_the_same_embeddings():
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig("efficientnet_lite0",
+                                                               whitening=16)))
+    ones = sum(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1)
+               and m.groups == 1 for m in network.modules())
+    prepared = prepare_for_inference(network, "cpu")  # the CPU default: channels-last + GEMM
+    assert prepared.inference.pointwise_gemm == ones > 10
+    assert sum(isinstance(m, inference.PointwiseGemm) for m in prepared.modules()) == ones
+    for x in (torch.randn(1, 3, 64, 64), torch.randn(3, 3, 80, 80)):
+        expected = _embed(network, x)
+        got = _embed(prepared, x.contiguous(memory_format=torch.channels_last))
+        assert (expected - got).abs().max() <= 1e-5
+        # An NCHW input works too (the layer makes it channels-last itself).
+        assert (_embed(prepared, x) - expected).abs().max() <= 1e-5
+    off = prepare_for_inference(network, "cpu", pointwise=False)
+    assert off.inference.pointwise_gemm == 0
 
 
 def test_fold_batchnorm_counts_what_it_folds():

@@ -95,7 +95,14 @@ def test_teacher_stays_frozen(teacher_file: Path, tmp_path: Path) -> None:
     loop = LoopConfig(output=config.output, epochs=1, lr=1e-2, device="cpu", workers=0,
                       threads=1)
     run_training(task, loop)
+    from raml_cli.model.inference import prepare_for_inference
+
+    # The teacher runs prepared for inference (BatchNorm folded): after training it is
+    # still exactly the file's network prepared the same way.
     reference, _ = load_model(teacher_file)
+    reference = prepare_for_inference(reference, "cpu", copy=False,
+                                      channels_last=task.teacher.inference.channels_last)
+    assert task.teacher.inference.folded > 0
     assert not task.teacher.training
     assert all(not p.requires_grad and p.grad is None for p in task.teacher.parameters())
     for (name, value), ref in zip(task.teacher.state_dict().items(),
