@@ -308,8 +308,9 @@ class _NumpyEngine:
         self._masks: dict[tuple[int, int], np.ndarray] = {}
 
     def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        lowest = self._each(self._spans(len(rows)), _lowest_positive_scores, self._ctx, rows,
-                            queries)
+        spans = self._spans(len(rows))
+        lowest = self._each(spans, _lowest_positive_scores, self._ctx, rows, queries,
+                            _POSITIVE_GATHER_ELEMENTS // len(spans))
         return below_by_rounding_bound(self._ctx, queries, np.concatenate(lowest))
 
     def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
@@ -352,11 +353,12 @@ class _NumpyEngine:
 
 
 def _lowest_positive_scores(span: tuple[int, int], ctx: _Context, rows: np.ndarray,
-                            queries: np.ndarray) -> np.ndarray:
-    """float32: the lowest positive score of each query of the block rows ``span``."""
+                            queries: np.ndarray, elements: int) -> np.ndarray:
+    """float32: the lowest positive score of each query of the block rows ``span``,
+    gathering at most ``elements`` floats of positives at once."""
     rows, queries = rows[span[0]:span[1]], queries[span[0]:span[1]]
     lowest = np.full(len(rows), np.inf, dtype=np.float32)
-    for items, valid in positive_items(ctx, rows, queries.shape[1]):
+    for items, valid in positive_items(ctx, rows, queries.shape[1], elements):
         scores = np.einsum("bpd,bd->bp", ctx.database_np[items], queries)
         lowest = np.minimum(lowest, np.where(valid, scores, np.inf).min(axis=1))
     return lowest
@@ -419,14 +421,15 @@ SCORE_PRODUCTS: dict[str, Callable[[_Context, str], RankEngine]] = {
 each entry makes a :class:`RankEngine` from the search context and a torch device."""
 
 
-def positive_items(ctx: _Context, rows: np.ndarray, dim: int
+def positive_items(ctx: _Context, rows: np.ndarray, dim: int,
+                   elements: int = _POSITIVE_GATHER_ELEMENTS
                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The positives of the queries ``rows`` in column groups: ``(items, valid)``, int64
     and bool ``[b, p]``, database rows (padded; ``valid`` marks real positives, the
-    excluded row left out), at most ``_POSITIVE_GATHER_ELEMENTS / D`` of them at once."""
+    excluded row left out), at most ``elements / D`` of them at once."""
     starts, counts = ctx.index.lookup(ctx.query_labels[rows])
     width = int(counts.max()) if len(counts) else 0
-    step = max(1, _POSITIVE_GATHER_ELEMENTS // max(1, len(rows) * dim))
+    step = max(1, elements // max(1, len(rows) * dim))
     self_rows = ctx.self_index[rows][:, None]
     last = max(len(ctx.index.members) - 1, 0)
     for first in range(0, width, step):
