@@ -24,6 +24,10 @@ chunked product's; it is lowered by a rigorous bound on float32 dot-product erro
 and a query whose positives were not all found is recomputed with no threshold, so
 the ranks are exact for the scores of the chunked product in every case.
 
+Two engines run these steps (``product``): NumPy on the CPU, with the work after each
+product split by query rows across one thread per core (:class:`_NumpyEngine`), and
+torch on any device, all of it on the device (:mod:`raml_cli.evaluate.torch_ranks`).
+
 Ranking: by inner product of float32 vectors, descending; ties by database row order.
 A database row with label ``-1`` is never a positive; a query with label ``-1`` has no
 positive. ``self_index[q]`` (``-1``: none) names the database row removed from query
