@@ -18,12 +18,14 @@ block, 1,024), in rotating order,
 - **bare product**: ``Q_block @ DB.T`` in float32, nothing done with the scores, with
   NumPy (OpenBLAS, what the engine uses) in the engine's chunks of ~4,096 database rows
   and in one product against all rows (output buffers reused; the whole 60,502 x 60,502
-  matrix would need 14.6 GB, so "one go" is not possible).
+  matrix would need 14.6 GB, so "one go" is not possible). With ``--device cuda`` the
+  engine is the torch one on the GPU and the bare product is ``torch.mm`` on the GPU
+  (float32, TF32 off, vectors already on the device, synchronised after each block).
 
 Each side's time is the sum over blocks; the engine's total adds reading and checking
 both files and averaging the metrics. The ratio is taken to the fastest bare product.
 Then the command runs in its own process (``raml evaluate q.h5 db.h5 --k 1,10,100,1000
---json --quiet``; ``--cli-runs`` times, default 2), each run between two bare products
+--json --quiet --device D``; ``--cli-runs`` times, default 2), each run between two bare products
 (NumPy, engine chunks) whose mean is its reference: wall time (interpreter start and
 imports included) and peak resident memory (``VmHWM`` of ``/proc/self/status`` at exit:
 everything the process held, BLAS buffers included; tracemalloc would see only Python's
@@ -38,6 +40,8 @@ Usage:
     .venv/bin/python benchmarks/bench_evaluate.py                 # the full SOP-sized problem
     .venv/bin/python benchmarks/bench_evaluate.py --small         # 6,050 items, seconds
     .venv/bin/python benchmarks/bench_evaluate.py --no-cli --backends --json
+    .venv/bin/python benchmarks/bench_evaluate.py --device cuda --block-size 4096 \
+        --chunk-size 16384                                        # on a GPU machine
 """
 
 from __future__ import annotations
@@ -54,16 +58,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raml_cli.evaluate import check_ks, evaluate_sets
+from raml_cli.evaluate import check_ks, evaluate_sets, score_engine
 from raml_cli.evaluate.metrics import metric_keys, per_query_metrics
 from raml_cli.evaluate.neighbours import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_PRODUCT,
-    SCORE_PRODUCTS,
     balanced_part_size,
     positive_ranks,
+    scan_threads,
 )
+from raml_cli.evaluate.torch_ranks import exact_float32
 from raml_cli.store import read_embeddings, write_embeddings
 
 KS = (1, 10, 100, 1000)
@@ -98,9 +102,47 @@ def synthetic(images: int, classes: int, dim: int, seed: int
     return query, database, labels
 
 
+def numpy_product():
+    """``queries @ chunk.T`` with NumPy (OpenBLAS, the engine's CPU product), reused buffers."""
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+
+    def product(queries: np.ndarray, chunk: np.ndarray) -> None:
+        shape = (queries.shape[0], chunk.shape[0])
+        out = buffers.get(shape)
+        if out is None:
+            out = buffers[shape] = np.empty(shape, dtype=np.float32)
+        np.matmul(queries, chunk.T, out=out)
+
+    return product
+
+
+def torch_product(device: str):
+    """``queries @ chunk.T`` with ``torch.mm`` on ``device`` (float32, no TF32), for tensors
+    already there (see :func:`operands`); waits for the GPU to finish."""
+
+    def product(queries: torch.Tensor, chunk: torch.Tensor) -> None:
+        with exact_float32():
+            torch.mm(queries, chunk.T)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    return product
+
+
+def operands(query: np.ndarray, database: np.ndarray, device: str | None):
+    """The two matrices where the bare product of ``device`` reads them (``None``: NumPy)."""
+    if device is None:
+        return query, database
+    return torch.from_numpy(query).to(device), torch.from_numpy(database).to(device)
+
+
+def bare_library(device: str | None):
+    """The bare product of the engine's device: NumPy on the CPU, torch.mm on a GPU."""
+    return numpy_product() if device is None else torch_product(device)
+
+
 def bare_block(product, queries: np.ndarray, database: np.ndarray, chunk: int) -> float:
     """Seconds for ``queries @ database.T`` in chunks of ``chunk`` rows (scores unused)."""
-    queries = np.ascontiguousarray(queries)
     start = time.perf_counter()
     for col in range(0, database.shape[0], chunk):
         product(queries, database[col:col + chunk])
@@ -108,9 +150,8 @@ def bare_block(product, queries: np.ndarray, database: np.ndarray, chunk: int) -
 
 
 def bare_product(query: np.ndarray, database: np.ndarray, block: int, chunk: int,
-                 library: str = DEFAULT_PRODUCT) -> float:
+                 product) -> float:
     """Seconds for the whole ``query @ database.T`` in the engine's blocks."""
-    product = SCORE_PRODUCTS[library]()
     block = balanced_part_size(query.shape[0], block)
     chunk = balanced_part_size(database.shape[0], chunk)
     return sum(bare_block(product, query[first:first + block], database, chunk)
@@ -128,19 +169,22 @@ def interleaved(args: argparse.Namespace, q_file: Path, db_file: Path
     rows = len(query)
     block = balanced_part_size(rows, args.block_size)
     chunk = balanced_part_size(len(database), args.chunk_size)
-    # torch is kept out of the interleaving: its idle OpenMP threads spin for a while
-    # after each product and would slow the NumPy (OpenBLAS) runs next to them.
-    products = {"numpy": SCORE_PRODUCTS["numpy"]()}
+    # On the CPU, torch is kept out of the interleaving: its idle OpenMP threads spin for a
+    # while after each product and would slow the NumPy (OpenBLAS) runs next to them.
+    product = bare_library(args.engine_device)
+    bare_query, bare_database = operands(query, database, args.engine_device)
+    library = "numpy" if args.engine_device is None else f"torch.mm on {args.engine_device}"
     arms = {
         "engine": None,
-        f"numpy, engine chunks ({chunk} rows)": ("numpy", chunk),
-        "numpy, all rows at once": ("numpy", len(database)),
+        f"{library}, engine chunks ({chunk} rows)": chunk,
+        f"{library}, all rows at once": len(database),
     }
     seconds = dict.fromkeys(arms, 0.0)
     per_query = {key: np.zeros(rows) for key in metric_keys(ks)}
     blocks = positive_ranks(query, query_set.labels, database, database_set.labels,
                             np.arange(rows), block_size=args.block_size,
-                            chunk_size=args.chunk_size)
+                            chunk_size=args.chunk_size, product=args.engine_product,
+                            device=args.engine_device)
     for number, first in enumerate(range(0, rows, block)):
         names = list(arms)
         names = names[number % len(names):] + names[:number % len(names)]
@@ -152,9 +196,8 @@ def interleaved(args: argparse.Namespace, q_file: Path, db_file: Path
                     per_query[key][ranks.query_index] = values
                 seconds[name] += time.perf_counter() - start
             else:
-                library, width = arms[name]
-                seconds[name] += bare_block(products[library], query[first:first + block],
-                                            database, width)
+                seconds[name] += bare_block(product, bare_query[first:first + block],
+                                            bare_database, arms[name])
     start = time.perf_counter()
     metrics = {key: float(np.mean(values)) for key, values in per_query.items()}
     seconds["engine"] += reading + time.perf_counter() - start
@@ -177,10 +220,12 @@ main()
 """
 
 
-def run_cli(query_file: Path, database_file: Path) -> tuple[float, float, dict]:
+def run_cli(query_file: Path, database_file: Path, device: str
+            ) -> tuple[float, float, dict]:
     """(seconds, peak resident memory in MiB, JSON) of ``raml evaluate`` in its own process."""
     cmd = [sys.executable, "-c", _PEAK_WRAPPER, "evaluate", str(query_file),
-           str(database_file), "--k", ",".join(map(str, KS)), "--json", "--quiet"]
+           str(database_file), "--k", ",".join(map(str, KS)), "--json", "--quiet",
+           "--device", device]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -230,10 +275,15 @@ def main() -> None:
                         help="also time torch / numpy / faiss score products")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the two .h5 files go (default: a temporary folder)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the engine runs: cpu (NumPy) or cuda[:N] (torch; timed "
+                        "against a bare torch.mm on that GPU)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args()
     if args.small:
         args.images, args.classes = 6050, 1132
+    args.engine_product, args.engine_device = score_engine(args.device)
+    on_cpu = args.engine_device is None
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -244,18 +294,27 @@ def main() -> None:
         db_file = write_embeddings(folder / "db.h5", database, labels, names,
                                    {"role": "teacher"})
         seconds, metrics = interleaved(args, q_file, db_file)
-        check = evaluate_sets(read_embeddings(q_file), read_embeddings(db_file), ks=KS)
+        check = evaluate_sets(read_embeddings(q_file), read_embeddings(db_file), ks=KS,
+                              product=args.engine_product, device=args.engine_device)
         assert rounded(check.metrics) == rounded(metrics), (check.metrics, metrics)
+        numpy_metrics = (check.metrics if on_cpu else
+                         evaluate_sets(read_embeddings(q_file), read_embeddings(db_file),
+                                       ks=KS).metrics)
         cli_runs: list[tuple[float, float, float]] = []  # (command s, bare s, peak MiB)
         if not args.no_cli:
-            bare_runs = [bare_product(query, database, args.block_size, args.chunk_size)]
+            bare_q, bare_db = operands(query, database, args.engine_device)
+            product = bare_library(args.engine_device)
+            bare_runs = [bare_product(bare_q, bare_db, args.block_size, args.chunk_size,
+                                      product)]
             for _ in range(args.cli_runs):
-                seconds_cli, peak, output = run_cli(q_file, db_file)
+                seconds_cli, peak, output = run_cli(q_file, db_file, args.device)
                 assert output["metrics"] == check.to_json()["metrics"]
-                bare_runs.append(bare_product(query, database, args.block_size,
-                                              args.chunk_size))
+                bare_runs.append(bare_product(bare_q, bare_db, args.block_size,
+                                              args.chunk_size, product))
                 cli_runs.append((seconds_cli, (bare_runs[-2] + bare_runs[-1]) / 2, peak))
-        torch_bare = bare_product(query, database, args.block_size, args.chunk_size, "torch")
+            del bare_q, bare_db
+        torch_bare = (bare_product(*operands(query, database, "cpu"), args.block_size,
+                                   args.chunk_size, torch_product("cpu")) if on_cpu else None)
         timing = backends(query, database, args.block_size, 4) if args.backends else None
     load_after = os.getloadavg()
 
@@ -264,15 +323,20 @@ def main() -> None:
     report = {
         "problem": {"queries": args.images, "database": args.images, "dim": args.dim,
                     "classes": args.classes, "ks": list(KS), "block_size": args.block_size,
-                    "chunk_size": args.chunk_size, "engine_product": DEFAULT_PRODUCT},
+                    "chunk_size": args.chunk_size, "engine_product": args.engine_product,
+                    "engine_device": args.engine_device or "cpu"},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "scan_threads": scan_threads(),
                     "load_before": [round(x, 2) for x in load_before],
                     "load_after": [round(x, 2) for x in load_after]},
         "metrics": {k: round(v, 4) for k, v in metrics.items()},
         "interleaved_seconds": {k: round(v, 2) for k, v in seconds.items()},
         "ratio_engine_to_fastest_bare": round(seconds["engine"] / fastest, 3),
-        "torch_bare_engine_blocks_seconds": round(torch_bare, 2),
+        "largest_metric_difference_to_numpy": max(abs(metrics[k] - numpy_metrics[k])
+                                                  for k in metrics),
     }
+    if torch_bare is not None:
+        report["torch_bare_engine_blocks_seconds"] = round(torch_bare, 2)
     if cli_runs:
         report["cli"] = [{"seconds": round(c, 2), "bare_around_it": round(bare_s, 2),
                           "ratio": round(c / bare_s, 3), "peak_resident_mib": round(peak, 1)}
@@ -285,20 +349,26 @@ def main() -> None:
         return
     print(f"problem: {args.images} queries x {args.images} database, {args.dim}-d, "
           f"{args.classes} classes, k={','.join(map(str, KS))}; engine blocks "
-          f"{args.block_size} queries x {args.chunk_size} rows ({DEFAULT_PRODUCT}); "
-          f"{os.cpu_count()} CPUs")
+          f"{args.block_size} queries x {args.chunk_size} rows ({args.engine_product} on "
+          f"{args.engine_device or 'cpu'}); {os.cpu_count()} CPUs, {scan_threads()} scan "
+          "threads")
     print(f"load average (1 min) before {load_before[0]:.2f} / after {load_after[0]:.2f}")
     print("metrics: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
     print("interleaved block by block:")
     for name, value in bare.items():
-        print(f"  bare float32 product, {name:34s}: {value:8.2f} s")
-    print(f"  engine (files read + checked, evaluated)         : {seconds['engine']:8.2f} s  "
+        print(f"  bare float32 product, {name:44s}: {value:8.2f} s")
+    print(f"  engine (files read + checked, evaluated){'':28s}: {seconds['engine']:8.2f} s  "
           f"ratio {seconds['engine'] / fastest:.3f} to the fastest bare product")
+    if not on_cpu:
+        print(f"largest metric difference to the NumPy engine on the CPU: "
+              f"{report['largest_metric_difference_to_numpy']:.2e}")
     for c, bare_s, peak in cli_runs:
-        print(f"raml evaluate ... --json in its own process: {c:.2f} s wall; bare product "
-              f"(NumPy, engine blocks) just before/after: {bare_s:.2f} s; ratio "
+        print(f"raml evaluate ... --json --device {args.device} in its own process: {c:.2f} s "
+              f"wall; bare product (engine blocks) just before/after: {bare_s:.2f} s; ratio "
               f"{c / bare_s:.3f}; peak resident memory {peak:.0f} MiB")
-    print(f"bare float32 product with torch (MKL), engine blocks, run alone: {torch_bare:.2f} s")
+    if torch_bare is not None:
+        print(f"bare float32 product with torch (MKL), engine blocks, run alone: "
+              f"{torch_bare:.2f} s")
     if timing is not None:
         for name, value in timing.items():
             print(f"score product, {args.block_size} queries x all rows, {name:30s}: "

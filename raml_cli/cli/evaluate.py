@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from raml_cli.cli.options import JsonOpt, QuietOpt, parse_int_list
+from raml_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, parse_int_list
 
 if TYPE_CHECKING:
     from raml_cli.evaluate import EvaluationResult
@@ -22,6 +22,8 @@ itself; SOP cut-offs as JSON):
     raml evaluate db.h5
 
     raml evaluate sop_queries.h5 sop_db.h5 --k 1,10,100,1000 --json > metrics.json
+
+    raml evaluate sop_queries.h5 sop_db.h5 --device cuda
 """
 
 def command(
@@ -39,6 +41,7 @@ def command(
         help="Remove each query's own image from its ranking. Default: on when both files "
         "hold the same paths in the same order (or with one file), else off.",
         show_default=False)] = None,
+    device: DeviceOpt = "auto",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -47,13 +50,15 @@ def command(
     Every query ranks the whole database by inner product (ties: lower database row
     first); a positive is a database item of the query's class. Queries with no positive
     are left out of the averages and counted. Exact at any size, in bounded memory.
+    --device: the scores are computed on a GPU (torch) or on the CPU (NumPy).
     Definitions: docs/evaluate.md.
     """
-    from raml_cli.evaluate import evaluate_sets
+    from raml_cli.evaluate import evaluate_sets, score_engine
     from raml_cli.progress import Reporter
     from raml_cli.store import read_embeddings
 
     ks = parse_int_list(k, "--k", 1, "1,2,4,8 (CUB, Cars) or --k 1,10,100,1000 (SOP)")
+    product, score_device = score_engine(device)
     reporter = Reporter(quiet=quiet)
     query_set = read_embeddings(query)
     database_set = read_embeddings(database) if database is not None else None
@@ -62,7 +67,7 @@ def command(
             reporter.warn(f"{embeddings.renormalized} of {embeddings.num} rows of "
                           f"{embeddings.source} were not unit length and were re-normalised.")
     result = evaluate_sets(query_set, database_set, ks=ks, exclude_self=exclude_self,
-                           reporter=reporter)
+                           reporter=reporter, product=product, device=score_device)
     _warn_if_collapsed(result, query, database, reporter)
     if json_output:
         from raml_cli.cli.render import print_json

@@ -16,7 +16,7 @@ import typer
 
 DeviceOpt = Annotated[
     str,
-    typer.Option("--device", help="Where networks run: auto (CUDA when present), cpu, cuda, "
+    typer.Option("--device", help="Where the work runs: auto (CUDA when present), cpu, cuda, "
                  "cuda:N.", show_default=True),
 ]
 CompileOpt = Annotated[

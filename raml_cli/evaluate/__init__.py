@@ -15,6 +15,7 @@ from raml_cli.evaluate.evaluation import (
     check_ks,
     evaluate_arrays,
     evaluate_sets,
+    score_engine,
 )
 from raml_cli.evaluate.metrics import metric_keys
 from raml_cli.evaluate.space import SpaceSpread, space_spread
@@ -25,6 +26,7 @@ __all__ = [
     "check_ks",
     "evaluate_arrays",
     "evaluate_sets",
+    "score_engine",
     "SpaceSpread",
     "metric_keys",
     "space_spread",

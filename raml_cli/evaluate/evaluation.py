@@ -16,6 +16,8 @@ JSON object of ``raml evaluate --json``). Metric definitions:
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +108,7 @@ def evaluate_arrays(
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     product: str = DEFAULT_PRODUCT,
+    device: str | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics of ``query`` rows searched in ``database`` rows by inner product.
 
@@ -120,7 +123,9 @@ def evaluate_arrays(
             for the same images in another order use :func:`evaluate_sets`).
         block_size: queries per block (memory ~ ``block_size * chunk_size`` scores).
         chunk_size: database rows per score product.
-        product: the library that computes the scores, ``numpy`` (default) or ``torch``.
+        product: the library that computes and ranks the scores, ``numpy`` (default) or
+            ``torch`` (all of it on ``device``; see :func:`score_engine`).
+        device: the torch device of ``product="torch"`` (``cpu``, ``cuda``, ``cuda:N``).
 
     Returns:
         metric name -> fraction in [0, 1], averaged over the queries with a positive.
@@ -137,7 +142,7 @@ def evaluate_arrays(
                          f"{query_m.shape[0]} queries and {database_m.shape[0]} database rows.")
     self_index = np.arange(query_m.shape[0], dtype=np.int64) if exclude_self else None
     metrics, _ = _evaluate(query_m, q_labels, database_m, db_labels, check_ks(ks), self_index,
-                           block_size, chunk_size, product, NULL_REPORTER)
+                           block_size, chunk_size, product, device, NULL_REPORTER)
     return metrics
 
 
@@ -150,6 +155,7 @@ def evaluate_sets(
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     product: str = DEFAULT_PRODUCT,
+    device: str | None = None,
 ) -> EvaluationResult:
     """Evaluate an embeddings file of queries against one of database items.
 
@@ -165,7 +171,9 @@ def evaluate_sets(
         reporter: progress on stderr.
         block_size: queries per block.
         chunk_size: database rows per score product.
-        product: the library that computes the scores, ``numpy`` (default) or ``torch``.
+        product: the library that computes and ranks the scores, ``numpy`` (default) or
+            ``torch`` (all of it on ``device``; :func:`score_engine` picks both).
+        device: the torch device of ``product="torch"`` (``cpu``, ``cuda``, ``cuda:N``).
     """
     ks = check_ks(ks)
     same_file = database is None
@@ -194,7 +202,7 @@ def evaluate_sets(
                   np.ascontiguousarray(database.embeddings, dtype=np.float32))
     metrics, without = _evaluate(query_m, np.asarray(query.labels, dtype=np.int64), database_m,
                                  np.asarray(database.labels, dtype=np.int64), ks, self_index,
-                                 block_size, chunk_size, product, reporter)
+                                 block_size, chunk_size, product, device, reporter)
     # The spread costs one [2000, D] x [D, N] product, a few % of the evaluation at SOP size.
     database_space = space_spread(database_m)
     query_space = (database_space if same_file
@@ -206,8 +214,8 @@ def evaluate_sets(
 
 def _evaluate(query: np.ndarray, query_labels: np.ndarray, database: np.ndarray,
               database_labels: np.ndarray, ks: tuple[int, ...], self_index: np.ndarray | None,
-              block_size: int, chunk_size: int, product: str, reporter: Reporter
-              ) -> tuple[dict[str, float], int]:
+              block_size: int, chunk_size: int, product: str, device: str | None,
+              reporter: Reporter) -> tuple[dict[str, float], int]:
     """Metrics averaged over the queries with a positive, and the count of the others."""
     num_queries = query.shape[0]
     if self_index is None:
@@ -224,13 +232,41 @@ def _evaluate(query: np.ndarray, query_labels: np.ndarray, database: np.ndarray,
     with reporter.track("evaluating", total=evaluated, unit="queries") as bar:
         for block in positive_ranks(query, query_labels, database, database_labels, self_index,
                                     block_size=block_size, chunk_size=chunk_size,
-                                    product=product):
+                                    product=product, device=device):
             for key, values in per_query_metrics(block, ks).items():
                 per_query[key][block.query_index] = values
             bar.advance(len(block.query_index))
     # One fixed summation order per metric, so the result does not depend on block sizes.
     metrics = {key: math.fsum(per_query[key][with_positive]) / evaluated for key in keys}
     return metrics, num_queries - evaluated
+
+
+def score_engine(device: str = "auto") -> tuple[str, str | None]:
+    """The ``(product, device)`` of the evaluation for a ``--device`` choice.
+
+    ``cpu``: NumPy (the fastest on a CPU). ``cuda`` / ``cuda:N``: torch on that GPU
+    (score blocks, candidates and ranks on the device). ``auto``: CUDA when torch sees a
+    GPU, else the CPU; where no GPU driver is installed the answer is the CPU without
+    loading torch, which would add about a second to the command's start.
+
+    >>> score_engine("cpu")
+    ('numpy', None)
+    """
+    text = (device or "auto").strip().lower()
+    if text == "cpu" or (text == "auto" and not _gpu_driver_present()):
+        return "numpy", None
+    from raml_cli.devices import resolve_device
+
+    resolved = resolve_device(device)
+    return ("numpy", None) if resolved.type == "cpu" else ("torch", str(resolved))
+
+
+def _gpu_driver_present() -> bool:
+    """False only where no GPU driver can be found (Linux: NVIDIA, ROCm or WSL devices)."""
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return True  # asking torch is then cheap, or the only way to know
+    return any(os.path.exists(path) for path in
+               ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg"))
 
 
 def _self_index_by_path(query_paths: Sequence[str], database_paths: Sequence[str]

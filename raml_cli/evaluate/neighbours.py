@@ -24,6 +24,10 @@ chunked product's; it is lowered by a rigorous bound on float32 dot-product erro
 and a query whose positives were not all found is recomputed with no threshold, so
 the ranks are exact for the scores of the chunked product in every case.
 
+Two engines run these steps (``product``): NumPy on the CPU, with the work after each
+product split by query rows across one thread per core (:class:`_NumpyEngine`), and
+torch on any device, all of it on the device (:mod:`raml_cli.evaluate.torch_ranks`).
+
 Ranking: by inner product of float32 vectors, descending; ties by database row order.
 A database row with label ``-1`` is never a positive; a query with label ``-1`` has no
 positive. ``self_index[q]`` (``-1``: none) names the database row removed from query
@@ -32,8 +36,11 @@ positive. ``self_index[q]`` (``-1``: none) names the database row removed from q
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -134,6 +141,7 @@ def positive_ranks(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     product: str = DEFAULT_PRODUCT,
+    device: str | None = None,
 ) -> Iterator[PositiveRanks]:
     """Yield the exact positive ranks of every query that has a positive, block by block.
 
@@ -148,7 +156,12 @@ def positive_ranks(
         chunk_size: database rows per score product.
         max_candidates: candidates held at once per block; a block that would exceed it
             (embeddings that rank positives very low) is split, so memory stays bounded.
-        product: the library that computes the score blocks (see :data:`SCORE_PRODUCTS`).
+        product: the library that computes the scores and ranks them (see
+            :data:`SCORE_PRODUCTS`): ``numpy`` (NumPy's BLAS, the product of the next
+            chunk computed in a worker thread while this one is scanned) or ``torch``
+            (score blocks, candidates, keys, sort and ranks all in torch on ``device``).
+        device: the torch device of ``product="torch"`` (``cpu``, ``cuda``, ``cuda:N``);
+            ``None`` = cpu. The NumPy product runs on the CPU only.
 
     Yields:
         :class:`PositiveRanks`, blocks in ascending query order; queries without a
@@ -159,6 +172,9 @@ def positive_ranks(
     if product not in SCORE_PRODUCTS:
         raise InputError(f"Unknown score product {product!r}; choose one of "
                          f"{', '.join(SCORE_PRODUCTS)}.")
+    if product == "numpy" and device is not None and str(device) != "cpu":
+        raise InputError(f"The numpy score product runs on the CPU, not on {device!r}; use "
+                         "product='torch' for a torch device.")
     query = np.ascontiguousarray(query, dtype=np.float32)
     database = np.ascontiguousarray(database, dtype=np.float32)
     num_queries, num_database = query.shape[0], database.shape[0]
@@ -172,11 +188,21 @@ def positive_ranks(
     pending = np.flatnonzero(expected > 0)
     chunk = balanced_part_size(num_database, chunk_size)
     context = _Context(query, query_labels, database, database_labels, self_index, index,
-                       chunk, max(int(max_candidates), num_database), SCORE_PRODUCTS[product]())
+                       chunk, max(int(max_candidates), num_database))
+    context.engine = SCORE_PRODUCTS[product](context, device or "cpu")
+    try:
+        yield from _blocks(context, pending, expected, block_size)
+    finally:
+        context.engine.close()
+
+
+def _blocks(ctx: _Context, pending: np.ndarray, expected: np.ndarray, block_size: int
+            ) -> Iterator[PositiveRanks]:
+    """The blocks of :func:`positive_ranks`, in ascending query order."""
     start, size = 0, balanced_part_size(len(pending), block_size)
     while start < len(pending):
         rows = pending[start:start + size]
-        block = _rank_block(context, rows, expected[rows])
+        block = _rank_block(ctx, rows, expected[rows])
         if block is None:  # too many candidates: halve the block, here and from now on
             size = max(1, len(rows) // 2)
             continue
@@ -201,17 +227,33 @@ class _Context:
     index: ClassIndex
     chunk_size: int
     max_candidates: int
-    product: ScoreProduct
+    engine: RankEngine | None = None
 
     def __post_init__(self) -> None:
         squares = np.einsum("nd,nd->n", self.database_np, self.database_np)
         self.max_database_norm = float(np.sqrt(squares.max())) if len(squares) else 0.0
 
 
+class RankEngine(Protocol):
+    """Where a block's thresholds, candidates and positive ranks are computed."""
+
+    def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """float32 ``[b]``: a value at or below every positive score of each query."""
+
+    def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
+              limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(block_row, rank)`` int64 of every positive scoring at least its threshold,
+        sorted by block row then rank; ``None`` if ``limit`` and the candidates overflow."""
+
+    def close(self) -> None:
+        """Release threads and device memory."""
+
+
 def _rank_block(ctx: _Context, rows: np.ndarray, expected: np.ndarray) -> PositiveRanks | None:
     """Exact positive ranks of the queries ``rows``; ``None`` if the candidates overflow."""
+    engine = ctx.engine
     queries = ctx.query_np[rows]
-    found = _positive_ranks_of(ctx, rows, queries, _thresholds(ctx, rows, queries), limit=True)
+    found = engine.ranks(rows, queries, engine.thresholds(rows, queries), True)
     if found is None:
         return None
     pos_rows, ranks = found
@@ -243,67 +285,155 @@ def _unthresholded_ranks(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
         part = missed[first:first + step]
         # The lowest finite float32: every item but the excluded one (-inf) is a candidate.
         no_threshold = np.full(part.size, np.finfo(np.float32).min, dtype=np.float32)
-        result = _positive_ranks_of(ctx, rows[part], queries[part], no_threshold, limit=False)
+        result = ctx.engine.ranks(rows[part], queries[part], no_threshold, False)
         assert result is not None
         found_rows.append(part[result[0]])
         found_ranks.append(result[1])
     return np.concatenate(found_rows), np.concatenate(found_ranks)
 
 
-ScoreProduct = Callable[[np.ndarray, np.ndarray], np.ndarray]
+class _NumpyEngine:
+    """Thresholds, candidates and ranks with NumPy on the CPU (see :class:`RankEngine`).
 
-
-def _numpy_product() -> ScoreProduct:
-    """``queries @ chunk.T`` with NumPy's BLAS, into a reused output buffer."""
-    buffers: dict[tuple[int, int], np.ndarray] = {}
-
-    def product(queries: np.ndarray, chunk: np.ndarray) -> np.ndarray:
-        shape = (queries.shape[0], chunk.shape[0])
-        out = buffers.get(shape)
-        if out is None:
-            out = buffers[shape] = np.empty(shape, dtype=np.float32)
-        return np.matmul(queries, chunk.T, out=out)
-
-    return product
-
-
-def _torch_product() -> ScoreProduct:
-    """``queries @ chunk.T`` with torch (MKL on x86), into a reused output buffer."""
-    import torch
-
-    buffers: dict[tuple[int, int], torch.Tensor] = {}
-
-    def product(queries: np.ndarray, chunk: np.ndarray) -> np.ndarray:
-        shape = (queries.shape[0], chunk.shape[0])
-        out = buffers.get(shape)
-        if out is None:
-            out = buffers[shape] = torch.empty(shape, dtype=torch.float32)
-        return torch.mm(torch.from_numpy(queries), torch.from_numpy(chunk).T, out=out).numpy()
-
-    return product
-
-
-SCORE_PRODUCTS: dict[str, Callable[[], ScoreProduct]] = {
-    "numpy": _numpy_product,
-    "torch": _torch_product,
-}
-"""Libraries that can compute the float32 score blocks; each entry makes a product
-function ``(queries [b, D], chunk [c, D]) -> scores [b, c]`` (the result may be a reused
-buffer, valid until the next call)."""
-
-
-def _thresholds(ctx: _Context, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """float32 ``[b]``: a value at or below every positive score of each query.
-
-    The positive scores are computed here by a batched product (numpy) whose float32
-    rounding may differ from the chunked product's by at most ``2 * D * u * |q| * max|d|``
-    (u: unit roundoff; any summation order), so the minimum is lowered by a little more.
+    The score block of each chunk is one BLAS product (all cores); everything after it
+    (the comparison with the thresholds, extracting and keying the candidates, and at
+    the end of the block the sort and the ranks) is split by query rows into one part
+    per core, run in threads (NumPy releases the GIL). The parts are independent: a
+    query's candidates all fall in its own part. Each part works on its own rows of
+    the score block, so the BLAS threads (idle by then) and the parts never contend.
     """
+
+    def __init__(self, ctx: _Context, device: str) -> None:
+        self._ctx = ctx
+        self._parts = scan_threads()
+        self._workers = (ThreadPoolExecutor(self._parts - 1, thread_name_prefix="raml-scan")
+                         if self._parts > 1 else None)
+        self._scores: dict[tuple[int, int], np.ndarray] = {}
+        self._masks: dict[tuple[int, int], np.ndarray] = {}
+
+    def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        spans = self._spans(len(rows))
+        lowest = self._each(spans, _lowest_positive_scores, self._ctx, rows, queries,
+                            _POSITIVE_GATHER_ELEMENTS // len(spans))
+        return below_by_rounding_bound(self._ctx, queries, np.concatenate(lowest))
+
+    def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
+              limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        ctx = self._ctx
+        parts = [_ScanPart(ctx, rows, thresholds, lo, hi) for lo, hi in self._spans(len(rows))]
+        total = 0
+        for first in range(0, ctx.database_np.shape[0], ctx.chunk_size):
+            chunk = ctx.database_np[first:first + ctx.chunk_size]
+            shape = (queries.shape[0], chunk.shape[0])
+            scores = self._scores.get(shape)
+            if scores is None:
+                scores = self._scores[shape] = np.empty(shape, dtype=np.float32)
+                self._masks[shape] = np.empty(shape, dtype=bool)
+            np.matmul(queries, chunk.T, out=scores)
+            mask = self._masks[shape]
+            total += sum(self._each(parts, _ScanPart.scan, first, scores, mask))
+            if limit and total > ctx.max_candidates and queries.shape[0] > 1:
+                return None
+        found = self._each(parts, _ScanPart.rank)
+        return (np.concatenate([pos_rows for pos_rows, _ in found]),
+                np.concatenate([ranks for _, ranks in found]))
+
+    def close(self) -> None:
+        if self._workers is not None:
+            self._workers.shutdown(wait=True, cancel_futures=True)
+
+    def _spans(self, rows: int) -> list[tuple[int, int]]:
+        """``[lo, hi)`` ranges of block rows, one per thread, of nearly equal sizes."""
+        bounds = np.linspace(0, rows, min(self._parts, rows) + 1).astype(int).tolist()
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def _each(self, parts: list[Any], work: Callable[..., Any], *args: Any) -> list[Any]:
+        """``work(part, *args)`` for every part: the first here, the others in workers."""
+        if self._workers is None or len(parts) == 1:
+            return [work(part, *args) for part in parts]
+        futures = [self._workers.submit(work, part, *args) for part in parts[1:]]
+        first = work(parts[0], *args)
+        return [first] + [future.result() for future in futures]
+
+
+def _lowest_positive_scores(span: tuple[int, int], ctx: _Context, rows: np.ndarray,
+                            queries: np.ndarray, elements: int) -> np.ndarray:
+    """float32: the lowest positive score of each query of the block rows ``span``,
+    gathering at most ``elements`` floats of positives at once."""
+    rows, queries = rows[span[0]:span[1]], queries[span[0]:span[1]]
+    lowest = np.full(len(rows), np.inf, dtype=np.float32)
+    for items, valid in positive_items(ctx, rows, queries.shape[1], elements):
+        scores = np.einsum("bpd,bd->bp", ctx.database_np[items], queries)
+        lowest = np.minimum(lowest, np.where(valid, scores, np.inf).min(axis=1))
+    return lowest
+
+
+class _ScanPart:
+    """The candidates of the block rows ``[lo, hi)``, gathered chunk by chunk."""
+
+    def __init__(self, ctx: _Context, rows: np.ndarray, thresholds: np.ndarray, lo: int,
+                 hi: int) -> None:
+        self._ctx, self._rows, self._lo, self._hi = ctx, rows, lo, hi
+        self._column = thresholds[lo:hi, None]
+        self_rows = ctx.self_index[rows[lo:hi]]
+        self._has_self = np.flatnonzero(self_rows >= 0)
+        self._self_rows = self_rows
+        self._keys: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+
+    def scan(self, first: int, block: np.ndarray, block_mask: np.ndarray) -> int:
+        """Keep the candidates of this part's rows of ``block`` (the chunk starting at
+        database row ``first``); returns how many. The excluded rows are set to ``-inf``
+        there first, so they are never candidates."""
+        scores, mask = block[self._lo:self._hi], block_mask[self._lo:self._hi]
+        width = scores.shape[1]
+        has_self, self_rows = self._has_self, self._self_rows
+        inside = has_self[(self_rows[has_self] >= first) & (self_rows[has_self] < first + width)]
+        scores[inside, self_rows[inside] - first] = -np.inf
+        flat = np.flatnonzero(np.greater_equal(scores, self._column, out=mask))
+        hit_rows = flat // width
+        self._keys.append(_row_score_key(hit_rows + self._lo, scores.ravel()[flat]))
+        self._cols.append(flat - hit_rows * width + first)
+        return flat.size
+
+    def rank(self) -> tuple[np.ndarray, np.ndarray]:
+        keys, cols = np.concatenate(self._keys), np.concatenate(self._cols)
+        self._keys, self._cols = [], []
+        return _rank_candidates(self._ctx, self._rows, keys, cols)
+
+
+def scan_threads() -> int:
+    """Threads for the scan: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _torch_engine(ctx: _Context, device: str) -> RankEngine:
+    from raml_cli.evaluate.torch_ranks import TorchEngine
+
+    return TorchEngine(ctx, device, positive_items, below_by_rounding_bound)
+
+
+SCORE_PRODUCTS: dict[str, Callable[[_Context, str], RankEngine]] = {
+    "numpy": _NumpyEngine,
+    "torch": _torch_engine,
+}
+"""The libraries that can compute the float32 score blocks and rank the candidates;
+each entry makes a :class:`RankEngine` from the search context and a torch device."""
+
+
+def positive_items(ctx: _Context, rows: np.ndarray, dim: int,
+                   elements: int = _POSITIVE_GATHER_ELEMENTS
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The positives of the queries ``rows`` in column groups: ``(items, valid)``, int64
+    and bool ``[b, p]``, database rows (padded; ``valid`` marks real positives, the
+    excluded row left out), at most ``elements / D`` of them at once."""
     starts, counts = ctx.index.lookup(ctx.query_labels[rows])
     width = int(counts.max()) if len(counts) else 0
-    dim = queries.shape[1]
-    lowest = np.full(len(rows), np.inf, dtype=np.float32)
-    step = max(1, _POSITIVE_GATHER_ELEMENTS // max(1, len(rows) * dim))
+    step = max(1, elements // max(1, len(rows) * dim))
     self_rows = ctx.self_index[rows][:, None]
     last = max(len(ctx.index.members) - 1, 0)
     for first in range(0, width, step):
@@ -311,50 +441,26 @@ def _thresholds(ctx: _Context, rows: np.ndarray, queries: np.ndarray) -> np.ndar
         valid = offsets < counts[:, None]
         items = ctx.index.members[np.minimum(starts[:, None] + offsets, last)]
         valid &= items != self_rows
-        scores = np.einsum("bpd,bd->bp", ctx.database_np[items], queries)
-        lowest = np.minimum(lowest, np.where(valid, scores, np.inf).min(axis=1))
+        yield items, valid
+
+
+def below_by_rounding_bound(ctx: _Context, queries: np.ndarray, lowest: np.ndarray
+                            ) -> np.ndarray:
+    """float32 ``[b]``: the lowest positive scores lowered past any rounding difference.
+
+    The positive scores come from a batched product whose float32 rounding may differ
+    from the chunked product's by at most ``2 * D * u * |q| * max|d|`` (u: unit
+    roundoff; any summation order, with or without fused multiply-adds), so the minimum
+    is lowered by a little more.
+    """
+    dim = queries.shape[1]
     norms = np.sqrt(np.einsum("bd,bd->b", queries, queries))
     margin = (2.0 * dim * _FLOAT32_UNIT_ROUNDOFF * 1.5) * norms * ctx.max_database_norm
     return (lowest.astype(np.float64) - margin - 1e-30).astype(np.float32)
 
 
-def _candidates(ctx: _Context, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
-                limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """The items scoring at least the threshold, as ``(key, database_row)`` arrays.
-
-    ``key`` (uint64, see :func:`_row_score_key`) holds the block row and the score.
-    Scores come from one float32 product per database chunk; each query's excluded row
-    is set to ``-inf`` there, so it is never a candidate. The comparison and the
-    extraction run in NumPy (single-threaded, vectorised), much cheaper than the
-    product. ``None`` when ``limit`` is set and more than ``ctx.max_candidates`` turn up.
-    """
-    keys, cols = [], []
-    total = 0
-    column = thresholds[:, None]
-    self_rows = ctx.self_index[rows]
-    has_self = np.flatnonzero(self_rows >= 0)
-    masks: dict[tuple[int, int], np.ndarray] = {}
-    for first in range(0, ctx.database_np.shape[0], ctx.chunk_size):
-        scores = ctx.product(queries, ctx.database_np[first:first + ctx.chunk_size])
-        width = scores.shape[1]
-        inside = has_self[(self_rows[has_self] >= first) & (self_rows[has_self] < first + width)]
-        scores[inside, self_rows[inside] - first] = -np.inf
-        mask = masks.get(scores.shape)
-        if mask is None:
-            mask = masks[scores.shape] = np.empty(scores.shape, dtype=bool)
-        flat = np.flatnonzero(np.greater_equal(scores, column, out=mask))
-        total += flat.size
-        if limit and total > ctx.max_candidates and queries.shape[0] > 1:
-            return None
-        hit_rows = flat // width
-        keys.append(_row_score_key(hit_rows, scores.ravel()[flat]))
-        cols.append(flat - hit_rows * width + first)
-    return np.concatenate(keys), np.concatenate(cols)
-
-
-def _positive_ranks_of(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
-                       thresholds: np.ndarray, limit: bool
-                       ) -> tuple[np.ndarray, np.ndarray] | None:
+def _rank_candidates(ctx: _Context, rows: np.ndarray, keys: np.ndarray, cols: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Rank the positives of the queries ``rows`` among their candidates.
 
     A positive's rank is the number of candidates of its query that come before it:
@@ -365,12 +471,8 @@ def _positive_ranks_of(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
     need the database rows to break the tie.
 
     Returns ``(block_row, rank)`` int64 arrays, one entry per positive found, sorted by
-    block row then rank; ``None`` if the candidates overflow (see :func:`_candidates`).
+    block row then rank.
     """
-    found = _candidates(ctx, rows, queries, thresholds, limit)
-    if found is None:
-        return None
-    keys, cols = found
     block_rows = (keys >> np.uint64(32)).astype(np.intp)
     positive = ctx.database_labels[cols] == ctx.query_labels[rows][block_rows]
     pos_rows, pos_keys, pos_cols = block_rows[positive], keys[positive], cols[positive]
