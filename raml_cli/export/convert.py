@@ -25,6 +25,7 @@ slower export (about 2 to 5 s against 0.1 to 1.5 s), paid once per exported file
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -104,8 +105,9 @@ def example_inputs(res: int, input_format: str, batch: int, seed: int = 0) -> np
 
 def to_onnx(network: nn.Module, res: int, *, input_format: str = FLOAT_INPUT,
             dynamic_batch: bool = False, batch_size: int = 1) -> Any:
-    """Convert ``network`` (an :class:`~raml_cli.model.network.EmbeddingNetwork` on the
-    CPU) to an ``onnx.ModelProto`` at ``res x res`` pixels.
+    """Convert ``network`` (an :class:`~raml_cli.model.network.EmbeddingNetwork`; a copy on
+    the CPU is exported when it is elsewhere) to an ``onnx.ModelProto`` at ``res x res``
+    pixels.
 
     Args:
         input_format: :data:`FLOAT_INPUT` or :data:`UINT8_INPUT` (see the module's doc).
@@ -116,6 +118,8 @@ def to_onnx(network: nn.Module, res: int, *, input_format: str = FLOAT_INPUT,
         InputError: the ``raml[onnx]`` extra is missing, or torch cannot export the network.
     """
     require_exporter()
+    if any(p.device.type != "cpu" for p in network.parameters()):
+        network = copy.deepcopy(network).cpu()  # the caller's network stays where it is
     module = graph_module(network, input_format)
     # A dynamic batch is traced with 2 rows: torch.export specialises a dimension of size 1.
     trace_batch = 2 if dynamic_batch else int(batch_size)
