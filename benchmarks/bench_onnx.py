@@ -2,6 +2,7 @@
 
     python benchmarks/bench_onnx.py                      # resnet50 and efficientnet_lite0
     python benchmarks/bench_onnx.py --archs resnet18 --res 112 --threads 2 --rounds 15
+    python benchmarks/bench_onnx.py --compare-exporters
 
 For each architecture (GeM pooling, 512-d whitening, random weights: the speed does not
 depend on them), at ``--res`` px with ``--threads`` threads for both runtimes:
@@ -16,6 +17,10 @@ depend on them), at ``--res`` px with ``--threads`` threads for both runtimes:
 - the break-even query count: queries at batch 1 after which that export has paid for
   itself, ``export_ms / (torch_ms - onnxruntime_ms)``.
 
+``--compare-exporters``: instead, for each architecture, the export time and onnxruntime's
+batch-1 latency of torch's two ONNX exporters: the dynamo one raml uses
+(:func:`raml_cli.export.to_onnx`) and the legacy TorchScript one (``dynamo=False``).
+
 On a shared machine the load changes from second to second, so the two runtimes are timed
 in alternating rounds (each round: ``--per-round`` passes of one, then of the other) and
 the median of the round medians is printed, with the load average before and after.
@@ -24,6 +29,7 @@ the median of the round medians is printed, with the load average before and aft
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -59,9 +65,55 @@ def compare(network, res: int, batch: int, threads: int, rounds: int,
             network(x)
             session.run(None, feed)
         for _ in range(rounds):
+            # A pause at each switch: onnxruntime's idle threads spin for a moment after a
+            # run, and torch's linger too; neither may time the other's leftovers.
+            time.sleep(0.1)
             torch_ms.append(_median_ms(lambda: network(x), per_round))
+            time.sleep(0.1)
             ort_ms.append(_median_ms(lambda: session.run(None, feed), per_round))
     return statistics.median(torch_ms), statistics.median(ort_ms)
+
+
+def compare_exporters(network, res: int, threads: int, rounds: int, per_round: int) -> None:
+    """Print export seconds and onnxruntime batch-1 ms of the dynamo and TorchScript
+    exporters (median of round medians, one graph after the other)."""
+    import io
+    import warnings
+
+    import torch
+
+    from raml_cli.export.convert import (
+        INPUT_NAME,
+        OPSET,
+        OUTPUT_NAME,
+        example_inputs,
+        model_bytes,
+        to_onnx,
+    )
+    from raml_cli.export.runtime import create_session
+
+    feed = {INPUT_NAME: example_inputs(res, "float32-nchw", 1)}
+    started = time.perf_counter()
+    dynamo = model_bytes(to_onnx(network, res))
+    dynamo_s = time.perf_counter() - started
+    buffer = io.BytesIO()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.from_numpy(feed[INPUT_NAME]),), buffer, dynamo=False,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          opset_version=OPSET)
+    legacy_s = time.perf_counter() - started
+    # One session alive at a time: the idle threads of another session's pool spin for a
+    # while after each run and would slow this one down.
+    for name, graph, seconds in (("dynamo", dynamo, dynamo_s),
+                                 ("torchscript", buffer.getvalue(), legacy_s)):
+        run = functools.partial(create_session(graph, threads).run, None, feed)
+        run()
+        ms = statistics.median(_median_ms(run, per_round) for _ in range(rounds))
+        del run
+        print(f"{network.config.architecture} | {name} | export {seconds:.2f} s | "
+              f"onnxruntime b1 {ms:.2f} ms", flush=True)
 
 
 def main() -> None:
@@ -73,16 +125,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--export-repeats", type=int, default=3)
+    parser.add_argument("--compare-exporters", action="store_true")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from raml_cli.export import encoder_for_network
+    from raml_cli.export import encoder_for_network, to_onnx
     from raml_cli.model.network import NetworkConfig, build_network
 
     print(f"# {args.res} px, {args.threads} threads, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, load average {_load()}")
+    if args.compare_exporters:
+        for arch in args.archs.split(","):
+            torch.manual_seed(0)
+            network = build_network(NetworkConfig(arch, pooling="gem", whitening=512)).eval()
+            to_onnx(network, args.res)  # the exporter's own first-use cost is not its speed
+            compare_exporters(network, args.res, args.threads, args.rounds, args.per_round)
+        print(f"# load average after: {_load()}")
+        return
     print(f"arch | torch b1 ms | onnxruntime b1 ms | speed-up | torch b{args.batch} ms/img | "
           f"onnxruntime b{args.batch} ms/img | in-memory export s | break-even queries")
     for arch in args.archs.split(","):

@@ -16,11 +16,13 @@ shorter side to ``round(res * 8 / 7)`` (bilinear, antialiased) and centre-crops
 Exporter: torch's ``dynamo=True`` exporter (``torch.export`` + onnxscript), not the
 TorchScript one. On torch 2.14 both convert the timm CNNs raml uses (resnet,
 efficientnet_lite0, lcnet) with every pooling (GeM's learned exponent, R-MAC's regions)
-to within 1e-6 of torch, but the TorchScript exporter is deprecated since torch 2.9 and
-warns that it will be removed, while the dynamo exporter is the maintained default and its
-graphs ran as fast or faster on onnxruntime (resnet50 + GeM at 112 px, batch 1: 9.9 against
-11.4 ms). It costs an extra dependency (onnxscript, in the ``raml[onnx]`` extra) and a
-slower export (about 2 to 5 s against 0.1 to 1.5 s), paid once per exported file.
+to within 1e-6 of torch, and their graphs run at about the same speed on onnxruntime
+(``benchmarks/bench_onnx.py --compare-exporters``: resnet50 + GeM at 112 px, batch 1, 11.2
+against 11.9 ms; efficientnet_lite0 2.8 against 2.3 ms). But the TorchScript exporter is
+deprecated since torch 2.9 and announced for removal, while the dynamo exporter is the
+maintained default: raml should not stop exporting on a torch upgrade. It costs an extra
+dependency (onnxscript, in the ``raml[onnx]`` extra) and a slower export (4 to 5 s against
+0.6 to 0.8 s for those two networks).
 """
 
 from __future__ import annotations
