@@ -68,6 +68,8 @@ def command(
 
 
 def _render(result) -> None:
+    from rich.markup import escape
+
     from raml_cli.cli.render import print_table
 
     info = result.info
@@ -84,7 +86,8 @@ def _render(result) -> None:
     skip = {"format", "format_version", "input_format", "input_name", "output_name"}
     rows += [[f"metadata: {key}", value if value != "" else "-"]
              for key, value in info.metadata.items() if key not in skip]
-    print_table(f"raml export: {result.model} -> {result.output}", ["", "value"], rows)
+    print_table(f"raml export: {escape(str(result.model))} -> {escape(str(result.output))}",
+                ["", "value"], [[escape(str(cell)) for cell in row] for row in rows])
 
 
 def _shape(shape: list) -> str:

@@ -10,7 +10,8 @@
 file: onnxruntime encodes a 112 px query 2.8x (resnet50) to 7x (efficientnet_lite0)
 faster than torch eager on the development machine, but the in-memory export costs 7 to
 13 s, which pays off only after 267 to 944 queries, more than one search call usually
-holds (docs/export.md has the numbers). Export once with ``raml export`` and search with the ``.onnx`` file instead.
+holds (docs/export.md has the numbers). Export once with ``raml export`` and search with
+the ``.onnx`` file instead.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,11 +70,14 @@ def test_raml_export_runs_as_a_program(teacher_file, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "teacher-40.onnx"
     done = subprocess.run([sys.executable, "-m", "raml_cli", "export", str(teacher_file), "-o",
-                           str(out), "--res", "40", "--with-preprocessing"], env=env,
-                          text=True, capture_output=True, check=False)
+                           str(out), "--res", "40", "--with-preprocessing", "--dynamic-batch"],
+                          env=env, text=True, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
+    # The table, for people (the symbolic batch dimension shown, not taken for markup).
     table = " ".join(done.stdout.split())
-    assert "images uint8-nhwc [1, 40, 40, 3]" in table and "embeddings float32 [1, 16]" in table
+    assert "images uint8-nhwc [batch, 40, 40, 3]" in table
+    assert "embeddings float32 [batch, 16]" in table
+    assert re.search(r"dynamic_batch\W+true", table)
     assert "max |onnxruntime - torch|" in table and "model_sha256" in table
     assert read_onnx_info(out).resolution == 40
 
