@@ -7,8 +7,10 @@
 For each architecture (GeM pooling, 512-d whitening, random weights: the speed does not
 depend on them), at ``--res`` px with ``--threads`` threads for both runtimes:
 
-- torch eager: the network as ``raml search`` runs it (inference mode, channels-last
-  input), ms per batch of 1 and per image in a batch of ``--batch``;
+- torch eager: the network as ``raml search`` runs it
+  (:func:`raml_cli.model.inference.prepare_for_inference`: BatchNorm folded, 1x1
+  convolutions as matrix products, channels-last; inference mode), ms per batch of 1 and
+  per image in a batch of ``--batch``;
 - onnxruntime: the network exported at that fixed batch size
   (:func:`raml_cli.export.to_onnx`, a session of :mod:`raml_cli.export.runtime`);
 - the in-memory export that ``raml search --runtime onnxruntime`` pays for a
@@ -55,20 +57,24 @@ def compare(network, res: int, batch: int, threads: int, rounds: int,
 
     from raml_cli.export.convert import INPUT_NAME, example_inputs, model_bytes, to_onnx
     from raml_cli.export.runtime import create_session
+    from raml_cli.model.inference import prepare_for_inference
 
     session = create_session(model_bytes(to_onnx(network, res, batch_size=batch)), threads)
     feed = {INPUT_NAME: example_inputs(res, "float32-nchw", batch)}
-    x = torch.from_numpy(feed[INPUT_NAME]).contiguous(memory_format=torch.channels_last)
+    prepared = prepare_for_inference(network, "cpu")  # a copy; the export used the original
+    x = torch.from_numpy(feed[INPUT_NAME])
+    if prepared.inference.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     torch_ms, ort_ms = [], []
     with torch.inference_mode():
         for _ in range(3):  # warm-up: oneDNN primitives, onnxruntime's arena
-            network(x)
+            prepared(x)
             session.run(None, feed)
         for _ in range(rounds):
             # A pause at each switch: onnxruntime's idle threads spin for a moment after a
             # run, and torch's linger too; neither may time the other's leftovers.
             time.sleep(0.1)
-            torch_ms.append(_median_ms(lambda: network(x), per_round))
+            torch_ms.append(_median_ms(lambda: prepared(x), per_round))
             time.sleep(0.1)
             ort_ms.append(_median_ms(lambda: session.run(None, feed), per_round))
     return statistics.median(torch_ms), statistics.median(ort_ms)
@@ -149,7 +155,6 @@ def main() -> None:
     for arch in args.archs.split(","):
         torch.manual_seed(0)
         network = build_network(NetworkConfig(arch, pooling="gem", whitening=512)).eval()
-        network = network.to(memory_format=torch.channels_last)
         exports = []
         for _ in range(args.export_repeats):
             started = time.perf_counter()
