@@ -142,6 +142,9 @@ def onnxruntime_latency_ms(network: nn.Module, res: int, batch_size: int = 1,
     """Median wall time in milliseconds of onnxruntime running ``batch_size`` images at
     ``res`` px through ``network`` (exported in memory at that fixed batch size; the export
     itself is not timed). The counterpart of :func:`raml_cli.model.cost.latency_ms`.
+    ``network`` may be plain or prepared by
+    :func:`~raml_cli.model.inference.prepare_for_inference` (both export the same graph
+    up to rounding; onnxruntime folds BatchNorm itself).
 
     Raises:
         InputError: the ``raml[onnx]`` extra is missing or the network cannot be exported.
