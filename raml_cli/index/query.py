@@ -7,11 +7,11 @@
   identity (for the compatibility check), its resolution and its normalisation.
 
 ``--runtime auto`` picks onnxruntime for an ``.onnx`` file and torch for a ``.safetensors``
-file: onnxruntime encodes a 112 px query 2.8x (resnet50) to 7x (efficientnet_lite0)
-faster than torch eager on the development machine, but the in-memory export costs 7 to
-13 s, which pays off only after 267 to 944 queries, more than one search call usually
-holds (docs/export.md has the numbers). Export once with ``raml export`` and search with
-the ``.onnx`` file instead.
+file: onnxruntime encodes a 112 px query 2.2x (resnet50) to 4.4x (efficientnet_lite0)
+faster than torch (the prepared network) on the development machine, but the in-memory
+export costs 9 to 14 s, which pays off only after 535 to 1,743 queries, more than one
+search call usually holds (docs/export.md has the numbers). Export once with
+``raml export`` and search with the ``.onnx`` file instead.
 """
 
 from __future__ import annotations
