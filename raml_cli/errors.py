@@ -34,3 +34,7 @@ class DownloadError(RamlError):
 
 class TrainingError(RamlError):
     """Training that cannot go on (NaN loss, a checkpoint that does not match the run)."""
+
+
+class ExportError(RamlError):
+    """An exported network whose outputs differ from raml's own (nothing was written)."""

@@ -15,8 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "raml_cli"
 HELPERS = {"errors", "devices", "distributed", "seeding", "progress", "atomic"}
 # Engine packages, each importing only those listed after it (and the helpers).
-ENGINE_ORDER = ["demo", "tradeoff", "tune", "index", "train", "embed", "evaluate", "store",
-                "model", "data"]
+ENGINE_ORDER = ["demo", "tradeoff", "tune", "index", "train", "embed", "evaluate", "export",
+                "store", "model", "data"]
 
 
 def _modules() -> dict[str, Path]:

@@ -119,6 +119,7 @@ def _register_all() -> None:
         download,
         embed,
         evaluate,
+        export,
         import_,
         index,
         info,
@@ -131,7 +132,7 @@ def _register_all() -> None:
                          ("embed", embed), ("info", info), ("evaluate", evaluate),
                          ("distill", distill), ("tradeoff", tradeoff), ("demo", demo),
                          ("index", index), ("search", search),
-                         ("import", import_)):
+                         ("import", import_), ("export", export)):
         register(name, module.command, examples=module.EXAMPLES)
     from raml_cli.cli import log, tune
 

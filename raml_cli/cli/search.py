@@ -17,13 +17,17 @@ Examples:
     raml search student.safetensors --index db.index --images queries/ -k 5 --sheet out.png
 
     raml search --queries queries.h5 --index db.index --json
+
+    raml export student.safetensors -o student.onnx --dynamic-batch
+    raml search student.onnx --index db.index --images queries/
 """
 
 
 def command(
     model: Annotated[Path | None, typer.Argument(
-        help="The query model (.safetensors): the database's teacher or a student distilled "
-        "from it. Not needed with --queries.", show_default=False)] = None,
+        help="The query model (.safetensors, or .onnx from `raml export`): the database's "
+        "teacher or a student distilled from it. Not needed with --queries.",
+        show_default=False)] = None,
     images: Annotated[list[Path] | None, typer.Argument(
         help="Query image files.", show_default=False)] = None,
     index: Annotated[Path, typer.Option("--index", help="An index file written by "
@@ -36,7 +40,12 @@ def command(
         "model runs.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Results per query.")] = 10,
     res: Annotated[int | None, typer.Option(
-        "--res", min=8, help="Query resolution in pixels. Default: the model's.")] = None,
+        "--res", min=8, help="Query resolution in pixels. Default: the model's (an .onnx "
+        "model takes only the resolution it was exported at).")] = None,
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="What runs the model: torch, onnxruntime (a .safetensors model is "
+        "exported in memory first; needs raml[onnx]), or auto: onnxruntime for .onnx, torch "
+        "for .safetensors.")] = "auto",
     nprobe: Annotated[int | None, typer.Option(
         "--nprobe", min=1, help="ivf/ivfpq: lists visited per query (more: slower, better). "
         "Default: the value `raml index` tuned.")] = None,
@@ -71,8 +80,8 @@ def command(
     reporter = Reporter(quiet=quiet)
     image_files = list(images or [])
     if queries is not None:
-        if image_files or image_dir is not None or (model is not None
-                                                    and model.suffix == ".safetensors"):
+        if image_files or image_dir is not None or (model is not None and model.suffix
+                                                    in (".safetensors", ".onnx")):
             raise InputError("--queries Q.h5 searches precomputed embeddings: give no model "
                              "and no images with it.")
         if model is not None:  # `raml search --queries q.h5 x.jpg`: the model slot holds it
@@ -84,7 +93,8 @@ def command(
         query_attrs = _attrs(queries)
     else:
         if model is None:
-            raise InputError("Give the query model (MODEL.safetensors) and query images "
+            raise InputError("Give the query model (MODEL.safetensors or MODEL.onnx) and "
+                             "query images "
                              "(IMAGE..., or --images DIR), or --queries Q.h5.")
         if bool(image_files) == (image_dir is not None):
             raise InputError("Give query images either as files after the model or with "
@@ -94,7 +104,7 @@ def command(
         image_root, samples = _query_samples(image_files, image_dir)
         result = search_images(model, index, samples, image_root, k=k, res=res,
                                nprobe=nprobe, ef=ef, device=device, batch_size=batch_size,
-                               force=force, reporter=reporter)
+                               force=force, reporter=reporter, runtime=runtime)
         query_attrs = None
     if sheet is not None:
         from raml_cli.index.sheet import image_root_of, write_contact_sheet
@@ -144,7 +154,8 @@ def _render(result, json_output: bool) -> None:
                      for h in query.results])
     timing = f"search {result.search_ms_per_query:.3f} ms/query"
     if result.encode_ms_per_query is not None:
-        timing = f"encode {result.encode_ms_per_query:.1f} ms/query, " + timing
+        runtime = f" on {result.model['runtime']}" if result.model else ""
+        timing = f"encode{runtime} {result.encode_ms_per_query:.1f} ms/query, " + timing
     params = ", ".join(f"{k}={v}" for k, v in result.search_params.items())
     from raml_cli.progress import stderr_console
 

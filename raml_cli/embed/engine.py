@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,7 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 
 def embed_in_memory(
-    network: nn.Module,
+    network: nn.Module | Callable[[torch.Tensor], np.ndarray],
     samples: Sequence[Sample],
     root: str | os.PathLike,
     res: int,
@@ -204,7 +204,10 @@ def embed_in_memory(
             one), already on ``device``; it is left as it is: the pass runs a copy
             prepared for inference (BatchNorm folded; see
             :func:`~raml_cli.model.inference.prepare_for_inference`), unless ``network``
-            is already prepared.
+            is already prepared. Or any other encoder: a callable mapping a normalised
+            float32 CPU batch ``[B, 3, res, res]`` to unit rows ``[B, D]`` (e.g.
+            :meth:`raml_cli.export.OnnxEncoder.encode_batch`); then ``mean`` and ``std``
+            are required, and ``device``, ``channels_last`` and ``mixed_precision`` unused.
         samples: images relative to ``root``; rows come back in this order.
         res: the resolution (METHOD.md evaluation transform).
         channels_last: the layout of the prepared network and its batches; ``None``: the
@@ -216,7 +219,10 @@ def embed_in_memory(
         DataError: an image cannot be read (naming it).
     """
     device = resolve_device(device) if isinstance(device, str) else device
+    module = network if isinstance(network, nn.Module) else None
     config = getattr(_unwrap(network), "config", None)
+    if config is None and (mean is None or std is None):
+        raise InputError("embed_in_memory: an encoder that is not a network needs mean and std.")
     mean = mean if mean is not None else config.mean
     std = std if std is not None else config.std
     dataset = ImageDataset(root, samples, eval_transform(res, mean, std), skip_bad=True)
@@ -226,14 +232,16 @@ def embed_in_memory(
     reporter = reporter or NULL_REPORTER
     if not samples:
         raise InputError("No images to embed: the sample list is empty.")
-    network = prepare_for_inference(network, device, channels_last=channels_last)
-    layout = network.inference.channels_last
+    if module is not None:
+        network = prepare_for_inference(network, device, channels_last=channels_last)
+        layout = network.inference.channels_last
     with torch.inference_mode(), reporter.track(description, len(samples), "img") as bar:
         for batch in _loader(dataset, batches, workers, device):
             if batch.bad:
                 raise DataError(batch.bad[0][1].reason)
             rows = _forward(network, batch.images, device, layout,
-                            mixed_precision).cpu().numpy()
+                            mixed_precision).cpu().numpy() if module is not None \
+                else np.asarray(network(batch.images), dtype=np.float32)
             if out is None:
                 out = np.empty((len(samples), rows.shape[1]), dtype=np.float32)
             out[batch.indices.numpy()] = rows

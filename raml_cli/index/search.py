@@ -157,41 +157,43 @@ def search_images(model: str | os.PathLike, index_file: str | os.PathLike,
                   samples: Sequence[Sample], root: str | os.PathLike, *, k: int = 10,
                   res: int | None = None, nprobe: int | None = None, ef: int | None = None,
                   device: str = "auto", batch_size: int = 32, force: bool = False,
-                  reporter: Reporter | None = None) -> SearchResult:
+                  reporter: Reporter | None = None, runtime: str = "auto") -> SearchResult:
     """Encode ``samples`` (relative to ``root``) with ``model`` and search ``index_file``.
+
+    ``model``: a ``.safetensors`` model file or an ``.onnx`` file of ``raml export``;
+    ``runtime``: ``auto``, ``torch`` or ``onnxruntime`` (:mod:`raml_cli.index.query`).
 
     Raises:
         InputError: no images, a model of another size, or a model of another teacher
             (unless ``force``).
     """
-    from raml_cli.devices import resolve_device
     from raml_cli.embed import embed_in_memory
-    from raml_cli.model.files import load_model, read_model_info
-    from raml_cli.model.inference import prepare_for_inference
+    from raml_cli.index.query import choose_runtime, open_query_model, read_query_model_info
 
     reporter = reporter or NULL_REPORTER
     if not samples:
         raise InputError("No query images: give image files, --images DIR, or --queries Q.h5.")
-    info = read_model_info(model)
+    runtime = choose_runtime(model, runtime, device)
+    info = read_query_model_info(model)
     loaded = read_index_file(index_file)
     warnings: list[str] = []
     _check_model(info, loaded, force, reporter, warnings)
     params = _params(loaded, nprobe, ef)
-    torch_device = resolve_device(device)
-    network, info = load_model(model, torch_device)
-    network = prepare_for_inference(network, torch_device, copy=False)
-    resolution = int(res or info.resolution)
+    query_model = open_query_model(model, runtime, device, res)
+    info, resolution, torch_device = query_model.info, query_model.resolution, \
+        query_model.device
     started = time.perf_counter()
-    vectors = embed_in_memory(network, samples, root, resolution, batch_size=batch_size,
-                              device=torch_device, reporter=reporter,
-                              description="encoding queries")
+    vectors = embed_in_memory(query_model.encode, samples, root, resolution,
+                              batch_size=batch_size, device=torch_device, reporter=reporter,
+                              description="encoding queries", mean=query_model.mean,
+                              std=query_model.std)
     encode_ms = 1000 * (time.perf_counter() - started) / len(samples)
     scores, rows, search_ms = search_vectors(loaded, vectors, k, params)
     queries = _results(loaded, [s.path for s in samples], [s.label for s in samples],
                        scores, rows)
     model_summary = {"path": str(info.path), "sha256": info.sha256, "role": info.role,
                      "architecture": info.architecture, "resolution": resolution,
-                     "device": str(torch_device)}
+                     "device": str(torch_device), "runtime": query_model.runtime}
     return SearchResult(queries, k, params, round(encode_ms, 3), round(search_ms, 4),
                         loaded.info.as_dict(), model_summary, warnings, Path(root))
 

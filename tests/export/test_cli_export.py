@@ -1,0 +1,150 @@
+"""`raml export` and `raml search MODEL.onnx` through the real command line."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from raml_cli.cli.app import app
+from raml_cli.export import read_onnx_info
+from raml_cli.model.files import read_model_info
+
+from ..embed.conftest import make_images
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ok(args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _fails(args, match):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and match in " ".join(result.output.split())
+    return result
+
+
+def test_raml_export_prints_the_file_its_shapes_metadata_and_check(teacher_file, tmp_path):
+    out = tmp_path / "teacher.onnx"
+    out.write_bytes(b"an older export")  # replaced, as raml embed and raml index do
+    data = json.loads(_ok(["export", teacher_file, "-o", out, "--dynamic-batch", "--json",
+                           "--threads", "1"]).stdout)
+    model = read_model_info(teacher_file)
+    assert data["output"] == str(out) and data["size_bytes"] == out.stat().st_size
+    assert data["input"] == {"name": "images", "shape": ["batch", 3, 32, 32]}
+    assert data["output_tensor"] == {"name": "embeddings",
+                                     "shape": ["batch", model.embedding_dim]}
+    assert data["check"]["passed"] and data["check"]["batches"] == [1, 3]
+    assert 0 <= data["check"]["max_abs_difference"] <= 1e-4
+    assert data["metadata"]["model_sha256"] == model.sha256
+    assert data["metadata"]["dynamic_batch"] == "true"
+    assert read_onnx_info(out).file_sha256 == data["sha256"]
+
+
+def test_export_mistakes_get_a_clear_message(teacher_file, tmp_path, monkeypatch):
+    _fails(["export", teacher_file, "-o", teacher_file], "same file as the model file")
+    _fails(["export", teacher_file, "-o", tmp_path / "x.pt"], "must end in .onnx")
+    _fails(["export", tmp_path / "none.safetensors", "-o", tmp_path / "x.onnx"],
+           "does not exist")
+    result = runner.invoke(app, ["export", str(teacher_file), "-o", str(tmp_path / "x.onnx"),
+                                 "--res", "4"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    _fails(["export", teacher_file, "-o", tmp_path / "x.onnx"], "pip install 'raml[onnx]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_raml_export_runs_as_a_program(teacher_file, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "teacher-40.onnx"
+    done = subprocess.run([sys.executable, "-m", "raml_cli", "export", str(teacher_file), "-o",
+                           str(out), "--res", "40", "--with-preprocessing", "--dynamic-batch"],
+                          env=env, text=True, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    # The table, for people (the symbolic batch dimension shown, not taken for markup).
+    table = " ".join(done.stdout.split())
+    assert "images uint8-nhwc [batch, 40, 40, 3]" in table
+    assert "embeddings float32 [batch, 16]" in table
+    assert re.search(r"dynamic_batch\W+true", table)
+    assert "max |onnxruntime - torch|" in table and "model_sha256" in table
+    assert read_onnx_info(out).resolution == 40
+
+
+@pytest.fixture(scope="module")
+def database(teacher_file, tmp_path_factory):
+    """The teacher's flat index of 12 images, and 3 query images."""
+    root = tmp_path_factory.mktemp("search")
+    make_images(root / "db", classes=("001.a", "002.b", "003.c"), per_class=4, seed=0)
+    make_images(root / "q", classes=("001.a", "002.b", "003.c"), per_class=1, seed=5)
+    _ok(["embed", teacher_file, "--images", root / "db", "-o", root / "db.h5", "-q",
+         "--device", "cpu"])
+    _ok(["index", root / "db.h5", "-o", root / "db.index", "--kind", "flat", "-q"])
+    return root / "db.index", root / "q"
+
+
+def _search(model, database, *extra):
+    index, queries = database
+    out = json.loads(_ok(["search", model, "--index", index, "--images", queries, "-k", "5",
+                          "--json", "-q", *extra]).stdout)
+    ranking = [[r["path"] for r in q["results"]] for q in out["queries"]]
+    scores = np.array([[r["score"] for r in q["results"]] for q in out["queries"]])
+    return out, ranking, scores
+
+
+def test_search_with_an_onnx_model_finds_the_same_neighbours(
+        teacher_file, float_fixed, uint8_dynamic, database):
+    reference, ranking, scores = _search(teacher_file, database, "--device", "cpu")
+    assert reference["model"]["runtime"] == "torch"
+    for model, extra in ((float_fixed, ()), (uint8_dynamic, ()),
+                         (teacher_file, ("--runtime", "onnxruntime"))):
+        out, found, found_scores = _search(model, database, *extra)
+        assert found == ranking, model
+        np.testing.assert_allclose(found_scores, scores, atol=1e-4)
+        assert out["model"]["runtime"] == "onnxruntime"
+        assert out["model"]["sha256"] == reference["model"]["sha256"]
+        assert out["model"]["resolution"] == 32
+
+
+def _relabelled(source: Path, dest: Path, **values: str) -> Path:
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key in values:
+            prop.value = values[prop.key]
+    onnx.save(model, str(dest))
+    return dest
+
+
+def test_search_checks_an_onnx_model_from_its_metadata(teacher_file, float_fixed, database,
+                                                        tmp_path, monkeypatch):
+    index, queries = database
+    args = ["--index", index, "--images", queries, "-k", "2"]
+    teacher_sha = read_model_info(teacher_file).sha256
+    # A student's export: its own sha256, the database's model as its teacher: accepted.
+    student = _relabelled(float_fixed, tmp_path / "student.onnx", model_sha256="1" * 64,
+                          role="student", teacher_sha256=teacher_sha)
+    _ok(["search", student, *args])
+    stranger = _relabelled(float_fixed, tmp_path / "stranger.onnx", model_sha256="2" * 64,
+                           role="student", teacher_sha256="3" * 64)
+    _fails(["search", stranger, *args], "different embedding spaces")
+    _fails(["search", float_fixed, *args, "--res", "40"], "exported at 32 px")
+    _fails(["search", float_fixed, *args, "--runtime", "torch"], "runs on onnxruntime")
+    _fails(["search", teacher_file, *args, "--runtime", "tensorrt"], "--runtime must be one")
+    _fails(["search", float_fixed, *args, "--device", "cuda"], "runs on the CPU")
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(onnx.helper.make_model(onnx.helper.make_graph(
+        [], "empty", [], [])).SerializeToString())
+    _fails(["search", foreign, *args], "not an ONNX model written by raml")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    _fails(["search", float_fixed, *args], "pip install 'raml[onnx]'")
