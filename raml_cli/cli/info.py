@@ -69,6 +69,8 @@ def command(
     GFLOP/s (2 x MACs x batch / time) are compared with the device's bare matrix product
     (2048^3, float32 on the CPU, bf16 on CUDA), measured in the same run.
     """
+    import torch
+
     from raml_cli.devices import resolve_device
     from raml_cli.embed.engine import check_scales
     from raml_cli.errors import InputError
@@ -103,9 +105,12 @@ def command(
     timers = {}
     if "onnxruntime" in runtimes and latency:
         from raml_cli.export import onnxruntime_latency_ms
+        from raml_cli.export.runtime import require_exporter, require_onnxruntime
 
-        timers["onnxruntime"] = lambda r, b: onnxruntime_latency_ms(network, r, b,
-                                                                    repeats=repeats)
+        require_exporter("raml info --runtime onnxruntime")  # before any timing starts
+        require_onnxruntime("raml info --runtime onnxruntime")
+        timers["onnxruntime"] = lambda r, b: onnxruntime_latency_ms(
+            network, r, b, repeats=repeats, threads=torch.get_num_threads())
     prepared = prepare_for_inference(network, target, compile=compile)
     reporter.log(f"costing {info.architecture} at {', '.join(map(str, resolutions))} px on "
                  f"{target}")

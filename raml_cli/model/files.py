@@ -262,6 +262,11 @@ def _header_of(file: Path, data: bytes) -> tuple[dict[str, str], list[str]]:
                 isinstance(v, str) for v in metadata.values()):
             raise ValueError("__metadata__ is not an object of strings")
     except (ValueError, UnicodeDecodeError) as err:
+        if str(file).lower().endswith(".onnx"):
+            raise FormatError(
+                f"{file} is an ONNX file: only `raml search` runs those (`raml search "
+                f"{file} --index ...`). This command needs the raml model file "
+                "(.safetensors) the ONNX file was exported from.") from err
         raise FormatError(
             f"{file} is not a safetensors file ({err}). raml model files are written by "
             "`raml train-teacher` / `raml distill`; a PyTorch .pth state dict of a backbone "

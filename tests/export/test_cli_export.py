@@ -148,3 +148,10 @@ def test_search_checks_an_onnx_model_from_its_metadata(teacher_file, float_fixed
     _fails(["search", foreign, *args], "not an ONNX model written by raml")
     monkeypatch.setitem(sys.modules, "onnx", None)
     _fails(["search", float_fixed, *args], "pip install 'raml[onnx]'")
+
+
+def test_commands_that_need_the_model_file_say_so_for_an_onnx_file(float_fixed, tmp_path):
+    result = CliRunner().invoke(app, ["embed", str(float_fixed), "--images", str(tmp_path),
+                                      "-o", str(tmp_path / "x.h5")])
+    assert result.exit_code == 2 and "is an ONNX file" in result.stderr
+    assert ".safetensors" in result.stderr and "Traceback" not in result.output

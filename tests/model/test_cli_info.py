@@ -88,3 +88,31 @@ def test_info_refuses_bad_timing_options(tmp_path, args, message):
     result = runner.invoke(app, ["info", str(path), "--res", "32", "--device", "cpu", *args])
     assert result.exit_code == 2 and message in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_info_times_torch_and_onnxruntime_side_by_side(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = save_model(tmp_path / "t.safetensors",
+                      build_network(NetworkConfig("test_resnet", whitening=8)), resolution=32,
+                      role="teacher", dataset="toy", config={})
+    result = runner.invoke(app, ["info", str(path), "--res", "32", "--runtime",
+                                 "torch,onnxruntime", "--repeats", "2", "--device", "cpu",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    timings = json.loads(result.stdout)["cost"][0]["timings"]
+    assert [(t["runtime"], t["batch"]) for t in timings] == [("torch", 1), ("onnxruntime", 1)]
+    assert all(t["ms"] > 0 and t["gflops"] > 0 for t in timings)
+
+
+def test_info_onnxruntime_without_the_extra_names_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    path = save_model(tmp_path / "t.safetensors",
+                      build_network(NetworkConfig("test_resnet", whitening=8)), resolution=32,
+                      role="teacher", dataset="toy", config={})
+    result = runner.invoke(app, ["info", str(path), "--res", "32", "--runtime", "onnxruntime",
+                                 "--device", "cpu"])
+    assert result.exit_code == 2 and "raml[onnx]" in result.stderr
+    assert "Traceback" not in result.output
