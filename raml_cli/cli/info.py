@@ -146,11 +146,11 @@ def command(
          ["dataset", info.dataset], ["mean / std", f"{list(info.mean)} / {list(info.std)}"],
          ["raml version", info.raml_version], ["sha256", info.sha256[:16] + "..."]],
         caption=teacher.strip() or None)
-    columns = ["resolution", "GMACs / image", "relative"]
+    columns = ["res", "GMACs", "rel."]
     if scale_list is not None:
-        columns.append(f"GMACs at scales {','.join(f'{v:g}' for v in scale_list)}")
+        columns.append(f"GMACs, scales {','.join(f'{v:g}' for v in scale_list)}")
     if latency:
-        columns += ["runtime", "batch", "ms / pass", "images / s", "GFLOP/s", "of bare"]
+        columns += ["runtime", "batch", "ms", "img/s", "GFLOP/s", "of bare"]
     table = []
     for r in rows:
         head = [f"{r['resolution']} px", f"{r['gmacs']:.3g}", f"{r['relative_macs']:.3f}",
@@ -164,7 +164,9 @@ def command(
     folded = f"{plan.folded} BatchNorm folded" if plan.folded else (plan.note or
                                                                     "no BatchNorm to fold")
     layout = "channels-last" if plan.channels_last else "NCHW"
-    caption = f"{folded}; {layout}{'; compiled' if plan.compiled else ''}"
+    pointwise = f"; {plan.pointwise_gemm} 1x1 conv as GEMM" if plan.pointwise_gemm else ""
+    caption = f"{folded}; {layout}{pointwise}{'; compiled' if plan.compiled else ''}"
     if bare is not None:
-        caption += f"; bare matrix product on {target}: {bare:.1f} GFLOP/s"
+        caption += (f"; bare matrix product on {target}: {bare:.1f} GFLOP/s. ms: median per "
+                    "pass; GMACs per image")
     print_table(f"Query cost on {target}", columns, table, caption=caption)
