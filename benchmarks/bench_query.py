@@ -10,9 +10,10 @@ batch size (default 1 and 32), in one run:
   folded into the convolutions) in either layout;
 - **fused, CL, 1x1 as GEMM**: channels-last with the 1x1 convolutions run as one matrix
   product each (:class:`~raml_cli.model.inference.PointwiseGemm`; raml's CPU default);
-- **bare matrix product**: a float32 ``n x n x n`` product (``--matmul-size``, default
-  2048) with torch on the same device: the device's practical peak, against which the
-  networks' achieved GFLOP/s (2 x MACs x batch / time) are compared.
+- **bare matrix product**: an ``n x n x n`` product (``--matmul-size``, default 2048;
+  float32, bf16 on CUDA where the passes run in bf16) with torch on the same device: the
+  device's practical peak, against which the networks' achieved GFLOP/s (2 x MACs x
+  batch / time) are compared.
 
 The machine is shared and its load swings within seconds, so the variants are measured
 **interleaved**: ``--rounds`` rounds, each timing every variant once (``--repeats``
@@ -37,30 +38,13 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
-from raml_cli.devices import autocast, is_cuda, resolve_device
-from raml_cli.model.cost import macs_per_image, matmul_gflops
+from raml_cli.devices import resolve_device
+from raml_cli.model.cost import bare_rate, latency_ms, macs_per_image
 from raml_cli.model.inference import prepare_for_inference
 from raml_cli.model.network import NetworkConfig, build_network
-
-
-def _time(network: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    device = x.device
-    times = []
-    with torch.inference_mode(), autocast(device):
-        network(x)  # warm-up (oneDNN/cuDNN pick their kernels on the first call)
-        for _ in range(repeats):
-            if is_cuda(device):
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            network(x)
-            if is_cuda(device):
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -101,16 +85,15 @@ def main() -> None:
     bare: list[float] = []
     names = list(variants)
     for round_index in range(args.rounds):
-        bare.append(matmul_gflops(device, args.matmul_size))
+        bare.append(bare_rate(device, args.matmul_size))
         for res, batch in cells:
-            x = torch.randn(batch, 3, res, res, device=device)
             order = names[round_index % len(names):] + names[:round_index % len(names)]
             for name in order:
-                network = variants[name]
-                layout = torch.channels_last if network.inference.channels_last \
-                    else torch.contiguous_format
-                seconds = _time(network, x.contiguous(memory_format=layout), args.repeats)
-                times.setdefault((name, res, batch), []).append(seconds)
+                # latency_ms feeds each prepared network in its own layout, after a warm-up
+                # pass (oneDNN/cuDNN pick their kernels on the first call).
+                ms = latency_ms(variants[name], res, device, batch_size=batch,
+                                repeats=args.repeats, warmup=1)
+                times.setdefault((name, res, batch), []).append(ms / 1000.0)
         print(f"# round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     bare_gflops = statistics.median(bare)
     rows = []
@@ -130,7 +113,7 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"{args.arch} + GeM + {args.whitening} on {device} ({torch.get_num_threads()} "
-          f"threads), {folded} BatchNorms folded; bare float32 {args.matmul_size}^3 product: "
+          f"threads), {folded} BatchNorms folded; bare {args.matmul_size}^3 product: "
           f"{bare_gflops:.1f} GFLOP/s (rounds: {', '.join(f'{v:.1f}' for v in bare)})")
     print(f"{'variant':<24} {'res':>4} {'batch':>5} {'GMACs':>6} {'ms':>9} {'img/s':>8} "
           f"{'GFLOP/s':>8} {'of bare':>7}")
