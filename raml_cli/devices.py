@@ -78,6 +78,25 @@ def to_device(
 
 
 @contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """Real float32 inside the block: TF32 off for matrix products and cuDNN convolutions
+    (10-bit mantissas on NVIDIA tensor cores), the previous settings restored after. No
+    effect on the CPU, which has no TF32."""
+    matmul = torch.backends.cuda.matmul
+    saved_precision = torch.get_float32_matmul_precision()
+    saved_tf32 = matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                        allow_tf32=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(saved_precision)
+        matmul.allow_tf32 = saved_tf32
+
+
+@contextlib.contextmanager
 def torch_threads(num_threads: int | None) -> Iterator[None]:
     """Temporarily set the number of intra-op CPU threads (``None`` leaves it as is)."""
     if num_threads is None:

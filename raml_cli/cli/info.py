@@ -117,8 +117,7 @@ def command(
     bare = bare_rate(target) if latency else None
     rows = profile(network, resolutions, target, repeats=repeats, measure_latency=latency,
                    batches=tuple(batches), bare_gflops=bare, timers=timers,
-                   prepared=prepared if "torch" in runtimes else None,
-                   torch_runtime="torch" in runtimes)
+                   prepared=prepared, torch_runtime="torch" in runtimes)
     if scale_list is not None:
         for row in rows:
             macs = multiscale_macs(network, int(row["resolution"]), scale_list)

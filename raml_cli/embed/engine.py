@@ -246,8 +246,7 @@ def embed_in_memory(
                 out = np.empty((len(samples), rows.shape[1]), dtype=np.float32)
             out[batch.indices.numpy()] = rows
             bar.advance(len(rows))
-    if out is None:
-        raise InputError("No images to embed: the sample list is empty.")
+    assert out is not None  # samples is not empty and a bad image raised
     return out
 
 

@@ -18,29 +18,15 @@ can swap.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from raml_cli.devices import exact_float32
+
 _ROW_SHIFT = 32
-
-
-@contextlib.contextmanager
-def exact_float32() -> Iterator[None]:
-    """float32 matrix products in full float32 (no TF32) inside the block; restored after."""
-    matmul = torch.backends.cuda.matmul
-    saved_precision = torch.get_float32_matmul_precision()
-    saved_tf32 = matmul.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved_precision)
-        matmul.allow_tf32 = saved_tf32
 
 
 class TorchEngine:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raml_cli.devices import autocast, is_cuda
+from raml_cli.devices import autocast, exact_float32, is_cuda
 
 
 def macs_per_image(network: nn.Module, res: int, device: str | torch.device = "cpu") -> int:
@@ -80,24 +80,26 @@ def latency_ms(network: nn.Module, res: int, device: str | torch.device = "cpu",
     return 1000.0 * statistics.median(times)
 
 
-def matmul_gflops(device: str | torch.device = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """The bare float32 matrix-product rate of ``device`` in GFLOP/s: the median of
-    ``repeats`` ``size x size x size`` products (``2 size^3`` FLOPs each, TF32 off on CUDA,
-    bf16 being what networks run under autocast there: see :func:`bare_rate`)."""
+def matmul_gflops(device: str | torch.device = "cpu", size: int = 2048, repeats: int = 5,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """The bare matrix-product rate of ``device`` in GFLOP/s: the median of ``repeats``
+    ``size x size x size`` products (``2 size^3`` FLOPs each) in ``dtype``, after one
+    warm-up product; float32 is real float32 (TF32 off on CUDA)."""
     device = torch.device(device)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    out = torch.empty(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
     times = []
-    for i in range(repeats + 1):
-        if is_cuda(device):
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        if is_cuda(device):
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
+    with exact_float32():
+        for i in range(repeats + 1):
+            if is_cuda(device):
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            if is_cuda(device):
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - start)
     return 2.0 * size**3 / statistics.median(times) / 1e9
 
 
@@ -105,19 +107,8 @@ def bare_rate(device: str | torch.device = "cpu", size: int = 2048, repeats: int
     """The matrix-product rate (GFLOP/s) that the networks' passes are compared with: float32
     on the CPU, bf16 on CUDA (the dtype raml's CUDA passes run in)."""
     device = torch.device(device)
-    if not is_cuda(device):
-        return matmul_gflops(device, size, repeats)
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    torch.mm(a, b)
-    torch.cuda.synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times) / 1e9
+    dtype = torch.bfloat16 if is_cuda(device) else torch.float32
+    return matmul_gflops(device, size, repeats, dtype=dtype)
 
 
 def multiscale_macs(network: nn.Module, res: int, scales: list[float]) -> int:

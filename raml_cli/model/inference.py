@@ -29,15 +29,15 @@ The training network is never modified: ``copy=True`` (the default) prepares a c
 
 from __future__ import annotations
 
-import contextlib
 import copy as copy_module
-from collections.abc import Iterator
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from raml_cli.devices import exact_float32
 from raml_cli.errors import InputError
 
 #: The largest difference between folded and unfolded unit embeddings the probe accepts.
@@ -100,18 +100,36 @@ class _LeafTracer(torch.fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
 
-def _foldable_bn(module: nn.Module) -> bool:
-    """A BatchNorm whose forward is exactly the eval-mode affine map (plus, for timm's
-    BatchNormAct2d, a dropout and an activation after it)."""
-    if not isinstance(module, nn.BatchNorm2d) or module.running_mean is None:
-        return False
-    if type(module) is nn.BatchNorm2d:
-        return True
+@functools.cache
+def _foldable_convs() -> tuple[type, ...]:
+    """Convolution classes whose forward is ``conv2d(x, self.weight, self.bias, ...)``."""
+    kinds: list[type] = [nn.Conv2d]
+    try:
+        from timm.layers import Conv2dSame
+
+        kinds.append(Conv2dSame)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+@functools.cache
+def _foldable_batchnorms() -> tuple[type, ...]:
+    """BatchNorm classes whose eval forward is exactly the affine map (timm's
+    BatchNormAct2d: followed by a dropout and an activation, which stay)."""
+    kinds: list[type] = [nn.BatchNorm2d]
     try:
         from timm.layers import BatchNormAct2d
+
+        kinds.append(BatchNormAct2d)
     except ImportError:  # pragma: no cover
-        return False
-    return type(module) is BatchNormAct2d
+        pass
+    return tuple(kinds)
+
+
+def _foldable_bn(module: nn.Module) -> bool:
+    """A BatchNorm of a foldable class that has running statistics."""
+    return type(module) in _foldable_batchnorms() and module.running_mean is not None
 
 
 def _conv_bn_pairs(network: nn.Module) -> tuple[list[tuple[str, str]], int]:
@@ -132,25 +150,13 @@ def _conv_bn_pairs(network: nn.Module) -> tuple[list[tuple[str, str]], int]:
         source = node.args[0] if node.args else None
         bn = modules[node.target]
         if (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and type(modules.get(source.target)) in _FOLDABLE_CONVS()
+                and type(modules.get(source.target)) in _foldable_convs()
                 and len(source.users) == 1 and len(node.args) == 1 and not node.kwargs
                 and _foldable_bn(bn)):
             pairs.append((str(source.target), str(node.target)))
         else:
             leftover += 1
     return pairs, leftover
-
-
-def _FOLDABLE_CONVS() -> tuple[type, ...]:  # noqa: N802 - a constant computed on first use
-    """Convolution classes whose forward is ``conv2d(x, self.weight, self.bias, ...)``."""
-    kinds: list[type] = [nn.Conv2d]
-    try:
-        from timm.layers import Conv2dSame
-
-        kinds.append(Conv2dSame)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(kinds)
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -243,11 +249,6 @@ def pointwise_as_gemm(network: nn.Module) -> int:
     return count
 
 
-def default_channels_last(device: torch.device) -> bool:
-    """Channels-last by default on CUDA and on the CPU (see the module text)."""
-    return True
-
-
 def prepare_for_inference(
     network: nn.Module,
     device: str | torch.device = "cpu",
@@ -267,7 +268,8 @@ def prepare_for_inference(
             one: its module is used).
         device: where it runs.
         fold: fold BatchNorm into convolutions.
-        channels_last: ``None``: :func:`default_channels_last`.
+        channels_last: ``None``: channels-last, the default on every device (see the
+            module text).
         compile: wrap the forward pass in ``torch.compile``.
         copy: prepare a copy and leave ``network`` as it is (``False``: modify it in place,
             for a network loaded only to run).
@@ -304,8 +306,7 @@ def prepare_for_inference(
                 _unfold(network, undo)
                 plan.unfolded += plan.folded
                 plan.folded = 0
-    plan.channels_last = default_channels_last(device) if channels_last is None \
-        else bool(channels_last)
+    plan.channels_last = True if channels_last is None else bool(channels_last)
     if plan.channels_last:
         network = network.to(memory_format=torch.channels_last)
     if pointwise is None:
@@ -323,21 +324,8 @@ def _probe_output(network: nn.Module, device: torch.device) -> torch.Tensor:
     """The network's float32 output for a fixed random ``2 x 3 x 64 x 64`` batch."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, PROBE_SIDE, PROBE_SIDE, generator=generator).to(device)
-    with torch.inference_mode(), _exact_float32():
+    with torch.inference_mode(), exact_float32():
         return network(x).float()
-
-
-@contextlib.contextmanager
-def _exact_float32() -> Iterator[None]:
-    """TF32 off for the probe: its rounding (~1e-3) would hide what folding changes."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                        allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def _compiled(network: nn.Module) -> nn.Module:
@@ -365,8 +353,3 @@ def _compiled(network: nn.Module) -> nn.Module:
 
     network.forward = forward
     return network
-
-
-def unprepared(network: nn.Module) -> bool:
-    """Whether ``network`` still needs :func:`prepare_for_inference`."""
-    return not isinstance(getattr(network, "inference", None), InferencePlan)
