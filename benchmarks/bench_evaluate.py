@@ -22,7 +22,8 @@ block, 1,024), in rotating order,
   engine is the torch one on the GPU and the bare product is ``torch.mm`` on the GPU
   (float32, TF32 off, vectors already on the device, synchronised after each block).
 
-Each side's time is the sum over blocks; the engine's total adds reading and checking
+Each arm starts after a short untimed pause (:data:`QUIET_SECONDS`). Each side's time is
+the sum over blocks; the engine's total adds reading and checking
 both files and averaging the metrics. The ratio is taken to the fastest bare product.
 Then the command runs in its own process (``raml evaluate q.h5 db.h5 --k 1,10,100,1000
 --json --quiet --device D``; ``--cli-runs`` times, default 2), each run between two bare products
@@ -71,6 +72,12 @@ from raml_cli.evaluate.torch_ranks import exact_float32
 from raml_cli.store import read_embeddings, write_embeddings
 
 KS = (1, 10, 100, 1000)
+QUIET_SECONDS = 0.2
+"""Pause before each timed arm of the interleaving. After a multi-threaded product,
+OpenBLAS's worker threads busy-wait for about 0.1 s; an engine block timed right after
+one (its own threads run single-threaded BLAS, so they never use those workers) would
+share the cores with that spinning, which ``raml evaluate`` on its own never meets
+(measured: 114 ms for the same work right after a product, 88 ms after 0.2 s)."""
 
 
 def class_sizes(rng: np.random.Generator, classes: int, images: int) -> np.ndarray:
@@ -189,6 +196,7 @@ def interleaved(args: argparse.Namespace, q_file: Path, db_file: Path
         names = list(arms)
         names = names[number % len(names):] + names[:number % len(names)]
         for name in names:
+            time.sleep(QUIET_SECONDS)  # let OpenBLAS's worker threads stop spinning
             if arms[name] is None:
                 start = time.perf_counter()
                 ranks = next(blocks)

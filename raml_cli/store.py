@@ -525,13 +525,21 @@ def iter_embedding_blocks(path: str | os.PathLike, block_rows: int = 4096
 
 
 def _check_rows(embeddings: np.ndarray, file: Path) -> tuple[np.ndarray, int]:
-    finite = np.isfinite(embeddings).all(axis=1)
+    # One pass for both checks: a row's sum of squares is finite exactly when the row is,
+    # unless squaring overflows float32 (values above ~1.8e19), which the exact check
+    # behind it tells apart.
+    squares = np.einsum("nd,nd->n", embeddings, embeddings)
+    finite = np.isfinite(squares)
     if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise FormatError(f"{file} has NaN or Inf values in {bad.size} row(s) (first: row "
-                          f"{int(bad[0])}). Re-create it; a model that outputs NaN needs "
-                          "retraining.")
-    norms = np.linalg.norm(embeddings, axis=1)
+        finite = np.isfinite(embeddings).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise FormatError(f"{file} has NaN or Inf values in {bad.size} row(s) (first: row "
+                              f"{int(bad[0])}). Re-create it; a model that outputs NaN needs "
+                              "retraining.")
+        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    else:
+        norms = np.sqrt(squares)
     zero = norms < 1e-12
     if zero.any():
         raise FormatError(f"{file} has {int(zero.sum())} all-zero row(s) (first: row "

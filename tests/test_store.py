@@ -177,6 +177,21 @@ def test_nan_or_inf(tmp_path, bad):
         read_embeddings(path)
 
 
+def test_huge_finite_rows_are_renormalised_not_called_infinite(tmp_path):
+    # Squaring 1e20 overflows float32; the row is finite all the same.
+    vectors = unit_rows(4)
+    vectors[1] *= np.float32(1e20)
+    vectors[3, 0] = np.nan  # and a real NaN next to it is still found
+    path = write_raw(tmp_path / "x.h5", embeddings=vectors)
+    with pytest.raises(FormatError, match="NaN or Inf values in 1 row\\(s\\) \\(first: row 3\\)"):
+        read_embeddings(path)
+    vectors[3] = unit_rows(4)[3]
+    path = write_raw(tmp_path / "y.h5", embeddings=vectors)
+    emb = read_embeddings(path)
+    assert emb.renormalized == 1
+    np.testing.assert_allclose(emb.embeddings[1], unit_rows(4)[1], rtol=1e-5)
+
+
 def test_all_zero_row(tmp_path):
     vectors = unit_rows(4)
     vectors[2] = 0.0

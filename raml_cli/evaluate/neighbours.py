@@ -9,8 +9,8 @@ database score matrix and never sorts a whole row:
    products with its own positives are computed first (a small batched product) and
    give a threshold a hair below the lowest positive score.
 2. The database is scanned in chunks of ``chunk_size`` rows: one float32 matrix product
-   ``[b, D] x [D, c]`` per chunk (small enough to stay in cache), then one comparison
-   with the thresholds keeps the *candidates*: the items that score at least as high
+   ``[b, D] x [D, c]`` per chunk (on the CPU, per part of the block's rows), then one
+   comparison with the thresholds keeps the *candidates*: the items that score at least as high
    as some positive. Every other item scores below all positives of that query, so it
    ranks below all of them and does not change their ranks.
 3. The candidates of the block (typically a few hundred per query) are keyed by
@@ -24,9 +24,10 @@ chunked product's; it is lowered by a rigorous bound on float32 dot-product erro
 and a query whose positives were not all found is recomputed with no threshold, so
 the ranks are exact for the scores of the chunked product in every case.
 
-Two engines run these steps (``product``): NumPy on the CPU, with the work after each
-product split by query rows across one thread per core (:class:`_NumpyEngine`), and
-torch on any device, all of it on the device (:mod:`raml_cli.evaluate.torch_ranks`).
+Two engines run these steps (``product``): NumPy on the CPU, one thread per core, each
+computing score tiles with single-threaded BLAS and scanning each tile while it is in
+its cache (:class:`_NumpyEngine`), and torch on any device, all of it on the device
+(:mod:`raml_cli.evaluate.torch_ranks`).
 
 Ranking: by inner product of float32 vectors, descending; ties by database row order.
 A database row with label ``-1`` is never a positive; a query with label ``-1`` has no
@@ -36,9 +37,12 @@ positive. ``self_index[q]`` (``-1``: none) names the database row removed from q
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +56,7 @@ DEFAULT_MAX_CANDIDATES = 1 << 22
 DEFAULT_PRODUCT = "numpy"
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 # Elements of the batched positive-score product (bounds its temporary memory).
-_POSITIVE_GATHER_ELEMENTS = 1 << 23
+_POSITIVE_GATHER_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,9 @@ def positive_ranks(
     database: np.ndarray,
     database_labels: np.ndarray,
     self_index: np.ndarray | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    max_candidates: int | None = None,
     product: str = DEFAULT_PRODUCT,
     device: str | None = None,
 ) -> Iterator[PositiveRanks]:
@@ -152,14 +156,18 @@ def positive_ranks(
         database_labels: int ``[N]`` class ids, ``-1`` = unknown (never a positive).
         self_index: int ``[M]``, the database row left out of each query's ranking, ``-1``
             for none; ``None`` = nothing excluded.
-        block_size: queries per block.
+        block_size: queries per block; ``None`` = :func:`default_block_size` (1,024, more
+            on a CPU with over 4 cores, which splits each block into one part per core).
         chunk_size: database rows per score product.
         max_candidates: candidates held at once per block; a block that would exceed it
             (embeddings that rank positives very low) is split, so memory stays bounded.
+            ``None`` = 4,096 per query of the default block (64 MiB of keys and rows for
+            1,024 queries).
         product: the library that computes the scores and ranks them (see
-            :data:`SCORE_PRODUCTS`): ``numpy`` (NumPy's BLAS, the product of the next
-            chunk computed in a worker thread while this one is scanned) or ``torch``
-            (score blocks, candidates, keys, sort and ranks all in torch on ``device``).
+            :data:`SCORE_PRODUCTS`): ``numpy`` (NumPy's BLAS, one thread per core, each
+            computing and scanning its own score tiles with single-threaded BLAS) or
+            ``torch`` (score blocks, candidates, keys, sort and ranks all in torch on
+            ``device``).
         device: the torch device of ``product="torch"`` (``cpu``, ``cuda``, ``cuda:N``);
             ``None`` = cpu. The NumPy product runs on the CPU only.
 
@@ -167,6 +175,10 @@ def positive_ranks(
         :class:`PositiveRanks`, blocks in ascending query order; queries without a
         positive are skipped.
     """
+    if block_size is None:
+        block_size = default_block_size(product)
+    if max_candidates is None:
+        max_candidates = DEFAULT_MAX_CANDIDATES * block_size // DEFAULT_BLOCK_SIZE
     if block_size < 1 or chunk_size < 1:
         raise InputError("block_size and chunk_size must be positive integers.")
     if product not in SCORE_PRODUCTS:
@@ -208,6 +220,15 @@ def _blocks(ctx: _Context, pending: np.ndarray, expected: np.ndarray, block_size
             continue
         yield block
         start += len(rows)
+
+
+def default_block_size(product: str = DEFAULT_PRODUCT) -> int:
+    """Queries per block: :data:`DEFAULT_BLOCK_SIZE`, and for the NumPy engine at least 256
+    per scan thread, so that each thread's score tiles stay large enough for BLAS to run
+    at full speed (a thread reads the whole database once per block)."""
+    if product != "numpy":
+        return DEFAULT_BLOCK_SIZE
+    return max(DEFAULT_BLOCK_SIZE, 256 * scan_threads())
 
 
 def balanced_part_size(total: int, most: int) -> int:
@@ -295,12 +316,17 @@ def _unthresholded_ranks(ctx: _Context, rows: np.ndarray, queries: np.ndarray,
 class _NumpyEngine:
     """Thresholds, candidates and ranks with NumPy on the CPU (see :class:`RankEngine`).
 
-    The score block of each chunk is one BLAS product (all cores); everything after it
-    (the comparison with the thresholds, extracting and keying the candidates, and at
-    the end of the block the sort and the ranks) is split by query rows into one part
-    per core, run in threads (NumPy releases the GIL). The parts are independent: a
-    query's candidates all fall in its own part. Each part works on its own rows of
-    the score block, so the BLAS threads (idle by then) and the parts never contend.
+    A block's query rows are split into one part per core. The score tiles (a part's
+    rows against ``chunk_size`` database rows) are handed out to one thread per core
+    (NumPy releases the GIL), each running BLAS single-threaded, in database order,
+    whichever thread is free taking the next one (a core slowed by other work takes
+    fewer). A thread scans each tile it computes straight away, while the tile is still
+    in that core's caches: the excluded rows set to ``-inf``, the comparison with the
+    thresholds, extracting and keying the candidates. At the end of the block each part
+    sorts its candidates and ranks its positives, in parallel too. The parts are
+    independent: a query's candidates all fall in its own part. Scanning a tile while
+    it is hot costs about half as much as scanning a block that a product over all
+    cores has written out through every cache.
     """
 
     def __init__(self, ctx: _Context, device: str) -> None:
@@ -308,8 +334,9 @@ class _NumpyEngine:
         self._parts = scan_threads()
         self._workers = (ThreadPoolExecutor(self._parts - 1, thread_name_prefix="raml-scan")
                          if self._parts > 1 else None)
-        self._scores: dict[tuple[int, int], np.ndarray] = {}
-        self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self._blas = _single_threaded_blas() if self._parts > 1 else contextlib.nullcontext
+        # Each thread's score tile and mask, by (thread, rows, width), reused.
+        self._tiles: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
         spans = self._spans(len(rows))
@@ -320,20 +347,16 @@ class _NumpyEngine:
     def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
               limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
         ctx = self._ctx
-        parts = [_ScanPart(ctx, rows, thresholds, lo, hi) for lo, hi in self._spans(len(rows))]
-        total = 0
-        for first in range(0, ctx.database_np.shape[0], ctx.chunk_size):
-            chunk = ctx.database_np[first:first + ctx.chunk_size]
-            shape = (queries.shape[0], chunk.shape[0])
-            scores = self._scores.get(shape)
-            if scores is None:
-                scores = self._scores[shape] = np.empty(shape, dtype=np.float32)
-                self._masks[shape] = np.empty(shape, dtype=bool)
-            np.matmul(queries, chunk.T, out=scores)
-            mask = self._masks[shape]
-            total += sum(self._each(parts, _ScanPart.scan, first, scores, mask))
-            if limit and total > ctx.max_candidates and queries.shape[0] > 1:
-                return None
+        parts = [_ScanPart(ctx, rows, queries, thresholds, lo, hi)
+                 for lo, hi in self._spans(len(rows))]
+        tiles = [(part, first) for first in range(0, ctx.database_np.shape[0], ctx.chunk_size)
+                 for part in parts]
+        search = _TileQueue(tiles, self._tiles,
+                            ctx.max_candidates if limit and len(rows) > 1 else None)
+        with self._blas():
+            self._each([search] * min(self._parts, len(tiles)), _TileQueue.work)
+        if search.overflow:
+            return None
         found = self._each(parts, _ScanPart.rank)
         return (np.concatenate([pos_rows for pos_rows, _ in found]),
                 np.concatenate([ranks for _, ranks in found]))
@@ -348,12 +371,75 @@ class _NumpyEngine:
         return list(zip(bounds[:-1], bounds[1:], strict=True))
 
     def _each(self, parts: list[Any], work: Callable[..., Any], *args: Any) -> list[Any]:
-        """``work(part, *args)`` for every part: the first here, the others in workers."""
+        """``work(part, *args)`` for every part: the first here, the others in workers.
+        Every part has finished when this returns or raises."""
         if self._workers is None or len(parts) == 1:
             return [work(part, *args) for part in parts]
         futures = [self._workers.submit(work, part, *args) for part in parts[1:]]
-        first = work(parts[0], *args)
+        try:
+            first = work(parts[0], *args)
+        finally:
+            wait(futures)
         return [first] + [future.result() for future in futures]
+
+
+class _TileQueue:
+    """The score tiles of a block, ``(part, first database row)``, taken in order by
+    every thread that calls :meth:`work`, until none is left, the candidates overflow
+    ``budget``, or a thread fails."""
+
+    def __init__(self, tiles: list[tuple[_ScanPart, int]],
+                 buffers: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]],
+                 budget: int | None) -> None:
+        self._tiles, self._buffers, self._budget = tiles, buffers, budget
+        self._next = itertools.count()  # next() on it is atomic under the GIL
+        self._lock = threading.Lock()
+        self._held = 0
+        self.overflow = False
+        self._stop = False
+
+    def work(self) -> None:
+        try:
+            while not self._stop:
+                number = next(self._next)
+                if number >= len(self._tiles):
+                    return
+                part, first = self._tiles[number]
+                found = part.search(first, self._buffer)
+                if self._budget is not None:
+                    with self._lock:
+                        self._held += found
+                        if self._held > self._budget:
+                            self.overflow = self._stop = True
+        except BaseException:
+            self._stop = True  # the other threads stop at their next tile
+            raise
+
+    def _buffer(self, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's score tile and mask of ``rows x width`` (made once, reused)."""
+        key = (threading.get_ident(), rows, width)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = (np.empty((rows, width), dtype=np.float32),
+                                           np.empty((rows, width), dtype=bool))
+        return buffer
+
+
+def _single_threaded_blas() -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A context manager factory that runs BLAS single-threaded inside it (each thread of
+    the scan computes its own tiles, so BLAS threads of its own would only compete for
+    the cores). The limit is process-wide while it holds: BLAS called from other threads
+    of the process meanwhile runs single-threaded too."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:  # finding the loaded BLAS libraries takes a few ms
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    controller = _BLAS_CONTROLLER
+    return lambda: controller.limit(limits=1, user_api="blas")
+
+
+_BLAS_CONTROLLER: Any = None
 
 
 def _lowest_positive_scores(span: tuple[int, int], ctx: _Context, rows: np.ndarray,
@@ -369,46 +455,57 @@ def _lowest_positive_scores(span: tuple[int, int], ctx: _Context, rows: np.ndarr
 
 
 class _ScanPart:
-    """The candidates of the block rows ``[lo, hi)``, gathered chunk by chunk."""
+    """The candidates of the block rows ``[lo, hi)``, gathered tile by tile (the tiles may
+    be computed by any thread, in any order), then sorted and ranked."""
 
-    def __init__(self, ctx: _Context, rows: np.ndarray, thresholds: np.ndarray, lo: int,
-                 hi: int) -> None:
+    def __init__(self, ctx: _Context, rows: np.ndarray, queries: np.ndarray,
+                 thresholds: np.ndarray, lo: int, hi: int) -> None:
         self._ctx, self._rows, self._lo, self._hi = ctx, rows, lo, hi
+        self._queries = queries[lo:hi]
         self._column = thresholds[lo:hi, None]
         self_rows = ctx.self_index[rows[lo:hi]]
         self._has_self = np.flatnonzero(self_rows >= 0)
         self._self_rows = self_rows
-        self._keys: list[np.ndarray] = []
-        self._cols: list[np.ndarray] = []
+        self._found: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, database rows)
 
-    def scan(self, first: int, block: np.ndarray, block_mask: np.ndarray) -> int:
-        """Keep the candidates of this part's rows of ``block`` (the chunk starting at
-        database row ``first``); returns how many. The excluded rows are set to ``-inf``
-        there first, so they are never candidates."""
-        scores, mask = block[self._lo:self._hi], block_mask[self._lo:self._hi]
+    def search(self, first: int, buffer: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+               ) -> int:
+        """Score this part's queries against the chunk starting at database row
+        ``first``, in a tile from ``buffer(rows, width)``, and scan it; returns the
+        number of candidates found."""
+        chunk = self._ctx.database_np[first:first + self._ctx.chunk_size]
+        scores, mask = buffer(self._hi - self._lo, chunk.shape[0])
+        np.matmul(self._queries, chunk.T, out=scores)
+        return self.scan(first, scores, mask)
+
+    def scan(self, first: int, scores: np.ndarray, mask: np.ndarray) -> int:
+        """Keep the candidates of this part's score tile ``scores`` (its rows against the
+        chunk starting at database row ``first``); returns how many. The excluded rows
+        are set to ``-inf`` there first, so they are never candidates."""
         width = scores.shape[1]
         has_self, self_rows = self._has_self, self._self_rows
         inside = has_self[(self_rows[has_self] >= first) & (self_rows[has_self] < first + width)]
         scores[inside, self_rows[inside] - first] = -np.inf
         flat = np.flatnonzero(np.greater_equal(scores, self._column, out=mask))
         hit_rows = flat // width
-        self._keys.append(_row_score_key(hit_rows + self._lo, scores.ravel()[flat]))
-        self._cols.append(flat - hit_rows * width + first)
+        keys = _row_score_key(hit_rows + self._lo, scores.ravel()[flat])
+        self._found.append((keys, flat - hit_rows * width + first))  # atomic under the GIL
         return flat.size
 
     def rank(self) -> tuple[np.ndarray, np.ndarray]:
-        keys, cols = np.concatenate(self._keys), np.concatenate(self._cols)
-        self._keys, self._cols = [], []
+        keys = np.concatenate([keys for keys, _ in self._found])
+        cols = np.concatenate([cols for _, cols in self._found])
+        self._found = []
         return _rank_candidates(self._ctx, self._rows, keys, cols)
 
 
 def scan_threads() -> int:
-    """Threads for the scan: the cores this process may use, at most 8."""
+    """Threads of the NumPy engine: the cores this process may use."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, cores)
 
 
 def _torch_engine(ctx: _Context, device: str) -> RankEngine:

@@ -4,6 +4,7 @@ split across threads, and torch (the GPU path, run here with device="cpu")."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -86,9 +87,11 @@ def test_a_failing_scan_thread_raises_in_the_caller(dyadic, monkeypatch):
     real = neighbours._ScanPart.scan
 
     def scan(part, *args):
-        calls.append(threading.current_thread().name)
-        if len(calls) == 3:
+        name = threading.current_thread().name
+        calls.append(name)
+        if name.startswith("raml-scan"):
             raise MemoryError("no room for the candidates")
+        time.sleep(0.01)  # the caller's thread is slow, so the worker surely takes a tile
         return real(part, *args)
 
     monkeypatch.setattr(neighbours._ScanPart, "scan", scan)
@@ -96,6 +99,33 @@ def test_a_failing_scan_thread_raises_in_the_caller(dyadic, monkeypatch):
     with pytest.raises(MemoryError, match="no room"):
         collect(query, q_labels, database, db_labels, block_size=8, chunk_size=5)
     assert any(name.startswith("raml-scan") for name in calls)
+    # The other thread stopped at its next tile instead of scanning the rest alone.
+    assert len(calls) < 2 * -(-len(database) // 5)
+
+
+def test_blas_runs_single_threaded_during_the_search_only(dyadic, monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"}
+
+    before = blas_threads()
+    if before in (set(), {1}):
+        pytest.skip("no multi-threaded BLAS found")
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: 2)
+    seen = []
+    real = neighbours._ScanPart.scan
+
+    def scan(part, *args):
+        seen.append(blas_threads())
+        return real(part, *args)
+
+    monkeypatch.setattr(neighbours._ScanPart, "scan", scan)
+    query, q_labels, database, db_labels = random_problem(dyadic, 5)
+    collect(query, q_labels, database, db_labels, block_size=8, chunk_size=9)
+    assert seen and all(threads == {1} for threads in seen)
+    assert blas_threads() == before
 
 
 @pytest.mark.parametrize("seed", range(3))
