@@ -9,7 +9,10 @@ batch size (default 1 and 32), in one run:
 - **fused, NCHW** and **fused, channels-last**: :func:`prepare_for_inference` (BatchNorm
   folded into the convolutions) in either layout;
 - **fused, CL, 1x1 as GEMM**: channels-last with the 1x1 convolutions run as one matrix
-  product each (:class:`~raml_cli.model.inference.PointwiseGemm`; raml's CPU default);
+  product each (:class:`~raml_cli.model.inference.PointwiseGemm`);
+- **fused, CL, packed**: channels-last with every convolution run by oneDNN on weights
+  reordered once per input shape (:class:`~raml_cli.model.inference.PackedConv2d`;
+  raml's CPU default where torch has the operators; on CUDA the same as channels-last);
 - **bare matrix product**: an ``n x n x n`` product (``--matmul-size``, default 2048;
   float32, bf16 on CUDA where the passes run in bf16) with torch on the same device: the
   device's practical peak, against which the networks' achieved GFLOP/s (2 x MACs x
@@ -69,12 +72,16 @@ def main() -> None:
     base = build_network(NetworkConfig(args.arch, whitening=args.whitening)).eval()
     variants = {
         "unfused, channels-last": prepare_for_inference(base, device, fold=False,
-                                                        channels_last=True, pointwise=False),
-        "fused, NCHW": prepare_for_inference(base, device, channels_last=False),
+                                                        channels_last=True, pointwise=False,
+                                                        packed=False),
+        "fused, NCHW": prepare_for_inference(base, device, channels_last=False,
+                                             packed=False),
         "fused, channels-last": prepare_for_inference(base, device, channels_last=True,
-                                                      pointwise=False),
+                                                      pointwise=False, packed=False),
         "fused, CL, 1x1 as GEMM": prepare_for_inference(base, device, channels_last=True,
-                                                        pointwise=True),
+                                                        pointwise=True, packed=False),
+        "fused, CL, packed": prepare_for_inference(base, device, channels_last=True,
+                                                   packed=True),
     }
     default = prepare_for_inference(base, device).inference
     print(f"# raml's default on {device}: {default.as_dict()}", file=sys.stderr)

@@ -164,6 +164,8 @@ def command(
                                                                     "no BatchNorm to fold")
     layout = "channels-last" if plan.channels_last else "NCHW"
     pointwise = f"; {plan.pointwise_gemm} 1x1 conv as GEMM" if plan.pointwise_gemm else ""
+    if plan.packed_convs:
+        pointwise += f"; {plan.packed_convs} conv packed for oneDNN"
     caption = f"{folded}; {layout}{pointwise}{'; compiled' if plan.compiled else ''}"
     if bare is not None:
         caption += (f"; bare matrix product on {target}: {bare:.1f} GFLOP/s. ms: median per "

@@ -20,7 +20,13 @@ Every path that only runs a network forward (``raml embed``, ``raml search``, ``
    default is also channels-last for the folded network: on the development machine (a
    shared 2-core AVX-512 CPU, oneDNN) it was faster at every measured size for
    resnet50 (see docs/embed.md, "Query speed"); ``channels_last=False`` keeps NCHW.
-3. **Optional** ``torch.compile`` (``compile=True``; the commands' ``--compile``): one
+3. **Convolutions packed for oneDNN** (CPU, channels-last): every plain ``nn.Conv2d``
+   becomes a :class:`PackedConv2d`, which reorders its weight once per input shape into
+   oneDNN's blocked layout instead of on every call (PyTorch's own path), and runs
+   batch-1 inputs on oneDNN too. Checked on the probe batch like the folding; undone if
+   it differs or an operator fails, and then the 1x1 convolutions run as matrix
+   products (:class:`PointwiseGemm`) instead.
+4. **Optional** ``torch.compile`` (``compile=True``; the commands' ``--compile``): one
    compilation per input shape on first use (seconds to minutes), then faster passes on
    some devices. It needs a working compiler toolchain; a failure is a clear error.
 
@@ -54,6 +60,8 @@ class InferencePlan:
         folded: BatchNorm layers folded into the convolution before them.
         unfolded: BatchNorm layers left as they are (no single convolution before them).
         pointwise_gemm: 1x1 convolutions run as matrix products (:class:`PointwiseGemm`).
+        packed_convs: convolutions run by oneDNN with weights reordered ahead of time
+            (:class:`PackedConv2d`).
         channels_last: whether the network's weights (and inputs) are channels-last.
         compiled: whether the forward pass runs through ``torch.compile``.
         probe_difference: max abs difference of the probe batch, folded vs unfolded.
@@ -67,13 +75,14 @@ class InferencePlan:
     probe_difference: float | None = None
     note: str | None = None
     pointwise_gemm: int = 0
+    packed_convs: int = 0
     device: str = "cpu"
 
     def as_dict(self) -> dict:
         return {"folded_batchnorms": self.folded, "unfolded_batchnorms": self.unfolded,
                 "channels_last": self.channels_last, "compiled": self.compiled,
                 "probe_difference": self.probe_difference, "note": self.note,
-                "pointwise_gemm": self.pointwise_gemm,
+                "pointwise_gemm": self.pointwise_gemm, "packed_convs": self.packed_convs,
                 "device": self.device}
 
 
@@ -249,6 +258,96 @@ def pointwise_as_gemm(network: nn.Module) -> int:
     return count
 
 
+class PackedConv2d(nn.Module):
+    """A convolution run by oneDNN with its weight reordered, once per input shape, into
+    the blocked layout oneDNN picks for that shape (CPU, float32).
+
+    PyTorch's own convolution reorders the weight on every call (and sends small batch-1
+    inputs to a slower native kernel); for a query encoder that runs the same shape again
+    and again the reordering is the same work each time. The reordered weights of up to
+    :attr:`MAX_SHAPES` input shapes are kept (each as large as the weight); other shapes,
+    other dtypes and other devices run ``torch.nn.functional.conv2d`` as before. The
+    result is the same convolution by the same library (the probe of
+    :func:`prepare_for_inference` checks it).
+    """
+
+    MAX_SHAPES = 2
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        packed = self._packed.get(key)
+        if packed is None:
+            if (len(self._packed) >= self.MAX_SHAPES or x.dtype != torch.float32
+                    or x.device.type != "cpu" or self.weight.device.type != "cpu"):
+                return nn.functional.conv2d(x, self.weight, self.bias, self.stride,
+                                            self.padding, self.dilation, self.groups)
+            packed = self._packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, list(key))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "none", [], "")
+
+    def forget_shapes(self) -> None:
+        """Drop the reordered weights (e.g. after the probe batch)."""
+        self._packed.clear()
+
+    def as_conv(self) -> nn.Conv2d:
+        """The plain convolution with the same weights."""
+        out_channels, in_channels = self.weight.shape[0], self.weight.shape[1] * self.groups
+        conv = nn.Conv2d(in_channels, out_channels, tuple(self.weight.shape[2:]),
+                         tuple(self.stride), tuple(self.padding), tuple(self.dilation),
+                         self.groups, bias=self.bias is not None)
+        conv = conv.to(self.weight.device).requires_grad_(False)
+        conv.weight.data = self.weight
+        if self.bias is not None:
+            conv.bias.data = self.bias
+        return conv
+
+
+def packing_available() -> bool:
+    """Whether this torch has oneDNN and the two operators :class:`PackedConv2d` calls."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_convolution_weight  # noqa: B018 (a lookup that may raise)
+        torch.ops.mkldnn._convolution_pointwise  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def pack_convolutions(network: nn.Module) -> list[str]:
+    """Replace every plain ``nn.Conv2d`` with zero padding by :class:`PackedConv2d`, in
+    place; returns their names (subclasses such as timm's ``Conv2dSame``, which pads in
+    its forward pass, are left as they are)."""
+    names = []
+    for name, module in list(network.named_modules()):
+        if (type(module) is nn.Conv2d and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
+            _replace(network, name, PackedConv2d(module))
+            names.append(name)
+    return names
+
+
+def _unpack(network: nn.Module, names: list[str]) -> None:
+    for name in names:
+        _replace(network, name, network.get_submodule(name).as_conv())
+
+
+def _forget_shapes(network: nn.Module) -> None:
+    for module in network.modules():
+        if isinstance(module, PackedConv2d):
+            module.forget_shapes()
+
+
 def prepare_for_inference(
     network: nn.Module,
     device: str | torch.device = "cpu",
@@ -259,6 +358,7 @@ def prepare_for_inference(
     copy: bool = True,
     probe: bool = True,
     pointwise: bool | None = None,
+    packed: bool | None = None,
 ) -> nn.Module:
     """The network ready for forward passes only: eval mode, no gradients, BatchNorm folded,
     on ``device`` in the device's best memory layout; optionally compiled.
@@ -274,7 +374,10 @@ def prepare_for_inference(
         copy: prepare a copy and leave ``network`` as it is (``False``: modify it in place,
             for a network loaded only to run).
         pointwise: run 1x1 convolutions as matrix products (:class:`PointwiseGemm`);
-            ``None``: on the CPU with channels-last.
+            ``None``: on the CPU with channels-last where the convolutions are not packed.
+        packed: run the convolutions with weights reordered ahead of time for oneDNN
+            (:class:`PackedConv2d`); ``None``: on the CPU with channels-last, not compiled,
+            where this torch has the operators (:func:`packing_available`).
         probe: check the folded network against the unfolded one on a small random batch
             and undo the folding if they differ by more than :data:`PROBE_TOLERANCE`.
 
@@ -309,8 +412,15 @@ def prepare_for_inference(
     plan.channels_last = True if channels_last is None else bool(channels_last)
     if plan.channels_last:
         network = network.to(memory_format=torch.channels_last)
+    on_cpu = device.type == "cpu"
+    if packed is None:
+        packed = plan.channels_last and on_cpu and not compile and packing_available()
+    if packed:
+        plan.packed_convs, note = _pack_checked(network, device, probe)
+        if note:
+            plan.note = note if plan.note is None else f"{plan.note}; {note}"
     if pointwise is None:
-        pointwise = plan.channels_last and device.type == "cpu"
+        pointwise = plan.channels_last and on_cpu and not plan.packed_convs
     if pointwise:
         plan.pointwise_gemm = pointwise_as_gemm(network)
     if compile:
@@ -318,6 +428,28 @@ def prepare_for_inference(
         plan.compiled = True
     network.inference = plan
     return network
+
+
+def _pack_checked(network: nn.Module, device: torch.device, probe: bool
+                  ) -> tuple[int, str | None]:
+    """Pack the convolutions (:func:`pack_convolutions`), checked on the probe batch; on a
+    difference beyond :data:`PROBE_TOLERANCE` or an error of the operators, put the
+    plain convolutions back. Returns how many are packed and a note if none could be."""
+    reference = _probe_output(network, device) if probe else None
+    names = pack_convolutions(network)
+    if not names or reference is None:
+        return len(names), None
+    try:
+        difference = float((_probe_output(network, device) - reference).abs().max().item())
+    except RuntimeError as exc:  # an operator that this build refuses for some layer
+        _unpack(network, names)
+        return 0, f"oneDNN packing failed ({str(exc).splitlines()[0][:120]}); not packed"
+    _forget_shapes(network)  # the probe's shape is not the one that will run
+    if not difference <= PROBE_TOLERANCE:
+        _unpack(network, names)
+        return 0, (f"packing changed the probe's embeddings by {difference:.2e} "
+                   f"(> {PROBE_TOLERANCE:g}); not packed")
+    return len(names), None
 
 
 def _probe_output(network: nn.Module, device: torch.device) -> torch.Tensor:

@@ -133,7 +133,7 @@ def test_pointwise_convolutions_as_matrix_products_give_the_same_embeddings():
                                                                whitening=16)))
     ones = sum(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1)
                and m.groups == 1 for m in network.modules())
-    prepared = prepare_for_inference(network, "cpu")  # the CPU default: channels-last + GEMM
+    prepared = prepare_for_inference(network, "cpu", packed=False)  # channels-last + GEMM
     assert prepared.inference.pointwise_gemm == ones > 10
     assert sum(isinstance(m, inference.PointwiseGemm) for m in prepared.modules()) == ones
     for x in (torch.randn(1, 3, 64, 64), torch.randn(3, 3, 80, 80)):
@@ -144,6 +144,74 @@ def test_pointwise_convolutions_as_matrix_products_give_the_same_embeddings():
         assert (_embed(prepared, x) - expected).abs().max() <= 1e-5
     off = prepare_for_inference(network, "cpu", pointwise=False)
     assert off.inference.pointwise_gemm == 0
+
+
+needs_packing = pytest.mark.skipif(not inference.packing_available(),
+                                   reason="this torch lacks oneDNN's packing operators")
+
+
+@needs_packing
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0", "torchvision/resnet18"])
+def test_packed_convolutions_give_the_same_embeddings_for_every_shape(arch):
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig(arch, whitening=16)))
+    convs = sum(type(m) is nn.Conv2d for m in network.modules())
+    prepared = prepare_for_inference(network, "cpu")  # the CPU default
+    plan = prepared.inference
+    assert plan.packed_convs == convs > 10 and plan.pointwise_gemm == 0 and plan.note is None
+    packed = [m for m in prepared.modules() if isinstance(m, inference.PackedConv2d)]
+    assert len(packed) == convs and not any(m._packed for m in packed)  # probe forgotten
+    # Three shapes: the first two get reordered weights, the third runs conv2d.
+    for x in (torch.randn(1, 3, 64, 64), torch.randn(3, 3, 80, 80), torch.randn(2, 3, 48, 48)):
+        expected = _embed(network, x)
+        assert (_embed(prepared, x.contiguous(memory_format=torch.channels_last))
+                - expected).abs().max() <= 1e-5
+        assert (_embed(prepared, x) - expected).abs().max() <= 1e-5  # NCHW input too
+    assert all(len(m._packed) == inference.PackedConv2d.MAX_SHAPES for m in packed)
+
+
+@needs_packing
+def test_a_packed_convolution_turns_back_into_the_same_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2).eval()
+    packed = inference.PackedConv2d(conv)
+    x = torch.randn(2, 6, 17, 17)
+    with torch.inference_mode():
+        assert (packed(x) - conv(x)).abs().max() <= 1e-5
+        back = packed.as_conv()
+        assert torch.equal(back(x), conv(x))
+    assert (back.stride, back.padding, back.groups) == (conv.stride, conv.padding, 2)
+
+
+@needs_packing
+@pytest.mark.parametrize("failure", ["differs", "raises"])
+def test_packing_that_fails_its_probe_is_undone(monkeypatch, failure):
+    real = inference.PackedConv2d.forward
+
+    def broken(self, x):
+        if failure == "raises":
+            raise RuntimeError("could not create a primitive\nmore detail")
+        return real(self, x) + 1.0
+
+    monkeypatch.setattr(inference.PackedConv2d, "forward", broken)
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(build_network(NetworkConfig("test_resnet", whitening=8)))
+    prepared = prepare_for_inference(network, "cpu")
+    plan = prepared.inference
+    assert plan.packed_convs == 0 and plan.folded > 0
+    assert ("packing changed" if failure == "differs" else "packing failed") in plan.note
+    assert not any(isinstance(m, inference.PackedConv2d) for m in prepared.modules())
+    assert plan.pointwise_gemm > 0  # the 1x1 matrix products instead
+    x = torch.randn(2, 3, 32, 32)
+    assert (_embed(prepared, x) - _embed(network, x)).abs().max() <= 1e-5
+
+
+def test_no_packing_where_the_operators_are_missing_or_elsewhere(monkeypatch):
+    network = build_network(NetworkConfig("test_resnet", whitening=8))
+    assert prepare_for_inference(network, "cpu", channels_last=False).inference.packed_convs == 0
+    monkeypatch.setattr(inference, "packing_available", lambda: False)
+    plan = prepare_for_inference(network, "cpu").inference
+    assert plan.packed_convs == 0 and plan.pointwise_gemm > 0
 
 
 def test_fold_batchnorm_counts_what_it_folds():
