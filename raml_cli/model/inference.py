@@ -299,6 +299,13 @@ class PackedConv2d(nn.Module):
         """Drop the reordered weights (e.g. after the probe batch)."""
         self._packed.clear()
 
+    def __getstate__(self) -> dict:
+        # The reordered weights are opaque oneDNN tensors, which cannot be copied or
+        # pickled; they are a cache, so a copy starts without them.
+        state = super().__getstate__()
+        state["_packed"] = {}
+        return state
+
     def as_conv(self) -> nn.Conv2d:
         """The plain convolution with the same weights."""
         out_channels, in_channels = self.weight.shape[0], self.weight.shape[1] * self.groups

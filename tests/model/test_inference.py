@@ -1,6 +1,7 @@
 """Networks prepared for inference: BatchNorm folded, same embeddings as the unfolded network."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -168,6 +169,11 @@ def test_packed_convolutions_give_the_same_embeddings_for_every_shape(arch):
                 - expected).abs().max() <= 1e-5
         assert (_embed(prepared, x) - expected).abs().max() <= 1e-5  # NCHW input too
     assert all(len(m._packed) == inference.PackedConv2d.MAX_SHAPES for m in packed)
+    # A used network copies and pickles (the reordered weights are a cache, left out).
+    again = copy.deepcopy(prepared)
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(_embed(again, x), _embed(prepared, x))
+    assert pickle.loads(pickle.dumps(prepared)) is not None
 
 
 @needs_packing
