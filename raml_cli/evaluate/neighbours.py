@@ -432,8 +432,10 @@ def _single_threaded_blas() -> Callable[[], contextlib.AbstractContextManager[An
     of the process meanwhile runs single-threaded too."""
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:  # finding the loaded BLAS libraries takes a few ms
-        from threadpoolctl import ThreadpoolController
-
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # a dependency; without it the ranks are the same, only slower
+            return contextlib.nullcontext
         _BLAS_CONTROLLER = ThreadpoolController()
     controller = _BLAS_CONTROLLER
     return lambda: controller.limit(limits=1, user_api="blas")

@@ -284,9 +284,12 @@ class PackedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = tuple(x.shape)
         packed = self._packed.get(key)
-        if packed is None:
-            if (len(self._packed) >= self.MAX_SHAPES or x.dtype != torch.float32
-                    or x.device.type != "cpu" or self.weight.device.type != "cpu"):
+        if packed is None or torch._C._len_torch_dispatch_stack():
+            # A dispatch mode (the FLOP counter of model.cost, a profiler) sees the plain
+            # convolution, which it knows how to count.
+            if (packed is not None or len(self._packed) >= self.MAX_SHAPES
+                    or x.dtype != torch.float32 or x.device.type != "cpu"
+                    or self.weight.device.type != "cpu"):
                 return nn.functional.conv2d(x, self.weight, self.bias, self.stride,
                                             self.padding, self.dilation, self.groups)
             packed = self._packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
@@ -383,8 +386,9 @@ def prepare_for_inference(
         pointwise: run 1x1 convolutions as matrix products (:class:`PointwiseGemm`);
             ``None``: on the CPU with channels-last where the convolutions are not packed.
         packed: run the convolutions with weights reordered ahead of time for oneDNN
-            (:class:`PackedConv2d`); ``None``: on the CPU with channels-last, not compiled,
-            where this torch has the operators (:func:`packing_available`).
+            (:class:`PackedConv2d`; CPU only, ignored elsewhere); ``None``: on the CPU with
+            channels-last, not compiled, where this torch has the operators
+            (:func:`packing_available`).
         probe: check the folded network against the unfolded one on a small random batch
             and undo the folding if they differ by more than :data:`PROBE_TOLERANCE`.
 
@@ -422,7 +426,7 @@ def prepare_for_inference(
     on_cpu = device.type == "cpu"
     if packed is None:
         packed = plan.channels_last and on_cpu and not compile and packing_available()
-    if packed:
+    if packed and on_cpu:  # CUDA has its own kernels (cuDNN); oneDNN is the CPU's
         plan.packed_convs, note = _pack_checked(network, device, probe)
         if note:
             plan.note = note if plan.note is None else f"{plan.note}; {note}"

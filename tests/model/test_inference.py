@@ -169,6 +169,9 @@ def test_packed_convolutions_give_the_same_embeddings_for_every_shape(arch):
                 - expected).abs().max() <= 1e-5
         assert (_embed(prepared, x) - expected).abs().max() <= 1e-5  # NCHW input too
     assert all(len(m._packed) == inference.PackedConv2d.MAX_SHAPES for m in packed)
+    # The FLOP counter sees the same convolutions as in the unprepared network.
+    from raml_cli.model.cost import macs_per_image
+    assert macs_per_image(prepared, 64) == macs_per_image(network, 64) > 10**6
     # A used network copies and pickles (the reordered weights are a cache, left out).
     again = copy.deepcopy(prepared)
     x = torch.randn(1, 3, 64, 64)
