@@ -27,7 +27,6 @@ import numpy as np
 from raml_cli.errors import DataError, InputError
 from raml_cli.evaluate.metrics import metric_keys, per_query_metrics
 from raml_cli.evaluate.neighbours import (
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_PRODUCT,
     ClassIndex,
     count_positives,
@@ -105,7 +104,7 @@ def evaluate_arrays(
     ks: Sequence[int] = DEFAULT_KS,
     exclude_self: bool = False,
     block_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     product: str = DEFAULT_PRODUCT,
     device: str | None = None,
 ) -> dict[str, float]:
@@ -122,7 +121,7 @@ def evaluate_arrays(
             for the same images in another order use :func:`evaluate_sets`).
         block_size: queries per block (memory ~ ``block_size * chunk_size`` scores);
             ``None`` = the engine's choice (1,024 on up to 4 cores).
-        chunk_size: database rows per score product.
+        chunk_size: database rows per score product; ``None`` = the engine's choice.
         product: the library that computes and ranks the scores, ``numpy`` (default) or
             ``torch`` (all of it on ``device``; see :func:`score_engine`).
         device: the torch device of ``product="torch"`` (``cpu``, ``cuda``, ``cuda:N``).
@@ -153,7 +152,7 @@ def evaluate_sets(
     exclude_self: bool | None = None,
     reporter: Reporter = NULL_REPORTER,
     block_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     product: str = DEFAULT_PRODUCT,
     device: str | None = None,
 ) -> EvaluationResult:
@@ -170,7 +169,7 @@ def evaluate_sets(
             same path (none if its path is absent).
         reporter: progress on stderr.
         block_size: queries per block; ``None`` = the engine's choice.
-        chunk_size: database rows per score product.
+        chunk_size: database rows per score product; ``None`` = the engine's choice.
         product: the library that computes and ranks the scores, ``numpy`` (default) or
             ``torch`` (all of it on ``device``; :func:`score_engine` picks both).
         device: the torch device of ``product="torch"`` (``cpu``, ``cuda``, ``cuda:N``).
@@ -214,7 +213,8 @@ def evaluate_sets(
 
 def _evaluate(query: np.ndarray, query_labels: np.ndarray, database: np.ndarray,
               database_labels: np.ndarray, ks: tuple[int, ...], self_index: np.ndarray | None,
-              block_size: int | None, chunk_size: int, product: str, device: str | None,
+              block_size: int | None, chunk_size: int | None, product: str,
+              device: str | None,
               reporter: Reporter) -> tuple[dict[str, float], int]:
     """Metrics averaged over the queries with a positive, and the count of the others."""
     num_queries = query.shape[0]

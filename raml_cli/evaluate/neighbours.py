@@ -142,7 +142,7 @@ def positive_ranks(
     database_labels: np.ndarray,
     self_index: np.ndarray | None = None,
     block_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     max_candidates: int | None = None,
     product: str = DEFAULT_PRODUCT,
     device: str | None = None,
@@ -158,7 +158,7 @@ def positive_ranks(
             for none; ``None`` = nothing excluded.
         block_size: queries per block; ``None`` = :func:`default_block_size` (1,024, more
             on a CPU with over 4 cores, which splits each block into one part per core).
-        chunk_size: database rows per score product.
+        chunk_size: database rows per score product; ``None`` = :func:`default_chunk_size`.
         max_candidates: candidates held at once per block; a block that would exceed it
             (embeddings that rank positives very low) is split, so memory stays bounded.
             ``None`` = 4,096 per query of the default block (64 MiB of keys and rows for
@@ -179,6 +179,8 @@ def positive_ranks(
         block_size = default_block_size(product)
     if max_candidates is None:
         max_candidates = DEFAULT_MAX_CANDIDATES * block_size // DEFAULT_BLOCK_SIZE
+    if chunk_size is None:
+        chunk_size = default_chunk_size(np.shape(database)[0], product)
     if block_size < 1 or chunk_size < 1:
         raise InputError("block_size and chunk_size must be positive integers.")
     if product not in SCORE_PRODUCTS:
@@ -229,6 +231,16 @@ def default_block_size(product: str = DEFAULT_PRODUCT) -> int:
     if product != "numpy":
         return DEFAULT_BLOCK_SIZE
     return max(DEFAULT_BLOCK_SIZE, 256 * scan_threads())
+
+
+def default_chunk_size(num_database: int, product: str = DEFAULT_PRODUCT) -> int:
+    """Database rows per score product: :data:`DEFAULT_CHUNK_SIZE` (4,096), and for the
+    NumPy engine on a smaller database as few as 512, so that a block still has a dozen
+    tiles per thread to share out (with two or three, a thread slowed for a moment
+    leaves the other idle at the end of the block)."""
+    if product != "numpy":
+        return DEFAULT_CHUNK_SIZE
+    return int(min(DEFAULT_CHUNK_SIZE, max(512, -(-num_database // 12))))
 
 
 def balanced_part_size(total: int, most: int) -> int:

@@ -151,3 +151,15 @@ def test_row_score_key_orders_rows_then_scores_descending():
     order = np.argsort(keys, kind="stable")
     assert scores[order].tolist()[:-1] == sorted(scores[:-1].tolist(), reverse=True)
     assert order[-1] == 8
+
+
+def test_default_sizes_give_each_thread_enough_tiles(monkeypatch):
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: 2)
+    assert neighbours.default_chunk_size(60502) == 4096  # SOP: full-size chunks
+    assert neighbours.default_chunk_size(6050) == 512  # a dozen tiles per thread
+    assert neighbours.default_chunk_size(100) == 512
+    assert neighbours.default_chunk_size(6050, "torch") == 4096
+    assert neighbours.default_block_size() == 1024
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: 16)
+    assert neighbours.default_block_size() == 4096  # 256 queries per thread
+    assert neighbours.default_block_size("torch") == 1024
