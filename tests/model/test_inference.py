@@ -59,6 +59,12 @@ def test_real_imagenet_weights_fold_within_tolerance():
     assert prepared.inference.folded == 49 and prepared.inference.probe_difference <= 1e-5
     x = torch.randn(2, 3, 96, 96)
     assert (_embed(network, x) - _embed(prepared, x)).abs().max() <= 1e-5
+    # The CPU default: channels-last, convolutions packed for oneDNN (the 'same'-padding
+    # stride-2 ones, timm's Conv2dSame, stay as they are).
+    default = prepare_for_inference(network, "cpu")
+    plain = sum(type(m) is nn.Conv2d for m in network.modules())
+    assert default.inference.packed_convs == plain > 40
+    assert (_embed(network, x) - _embed(default, x)).abs().max() <= 1e-5
 
 
 class _SharedOutput(nn.Module):
