@@ -394,6 +394,7 @@ class _Run:
     def evaluate(self, files: dict[str, Path], teacher: Path,
                  student: Path, arch_student: Path) -> list[dict[str, Any]]:
         from raml_cli.evaluate import evaluate_sets
+        from raml_cli.evaluate.space import collapse_warning
         from raml_cli.model.cost import macs_per_image
         from raml_cli.model.files import load_model
         from raml_cli.store import read_embeddings
@@ -419,9 +420,15 @@ class _Run:
             "student_low_sym": ("student_low", "student_low"),
         }
         rows = []
+        warned: set[str] = set()
         for name in ROW_NAMES:
             query, database = plan[name]
             result = evaluate_sets(sets[query], sets[database], ks=cfg.ks)
+            for key, spread in ((query, result.query_space), (database, result.database_space)):
+                if spread is not None and spread.collapsed and key not in warned:
+                    warned.add(key)  # a collapsed space is what makes a row fail silently
+                    self.reporter.warn(collapse_warning(f"the space of {files[key].name}",
+                                                        spread))
             rows.append({
                 "name": name,
                 "query_res": cfg.database_res if query in ("teacher_high", "arch_high")
@@ -432,6 +439,7 @@ class _Run:
                 "recall@4": float(result.metrics["recall@4"]),
                 "map": float(result.metrics["map"]),
                 "query_gmacs": round(gmacs[query], 6),
+                "query_mean_cosine": round(float(result.query_space.mean_cosine), 4),
             })
         return rows
 

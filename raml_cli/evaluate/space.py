@@ -41,7 +41,7 @@ DEFAULT_SEED = 0
 """The seed of the row sample: the same set always gives the same numbers."""
 DEFAULT_BLOCK_ROWS = 4096
 """Rows of the whole set scored against the sample at a time (nearest neighbours)."""
-SPREAD_SECTION = 'docs/train.md, "The spread of the space"'
+SPREAD_SECTION = 'docs/train.md, "Diagnosing a collapsed space"'
 
 Blocks = Iterable[tuple[int, np.ndarray]]
 """``(start, rows)`` pairs covering rows ``0..N-1`` in order: ``rows`` is ``[B, D]``."""

@@ -250,6 +250,11 @@ def _row(cell: Cell, database: Path, config: TradeoffConfig, device: Any, R: int
     queries, db = read_embeddings(cell.queries), read_embeddings(database)
     asym = evaluate_sets(queries, db, ks=config.ks)
     sym = evaluate_sets(queries, ks=config.ks)
+    if sym.query_space is not None and sym.query_space.collapsed:
+        from raml_cli.evaluate.space import collapse_warning
+
+        reporter.warn(collapse_warning(f"the space of {cell.queries.name} ({cell.kind} row)",
+                                       sym.query_space))
     network, _ = load_model(cell.model, device)
     network = prepare_for_inference(network, device, copy=False)
     latency = None
@@ -265,6 +270,7 @@ def _row(cell: Cell, database: Path, config: TradeoffConfig, device: Any, R: int
         "database_res": R,
         "query_gmacs": round(macs_per_image(network, cell.query_res) / 1e9, 6),
         "query_latency_ms": latency, **metrics,
+        "query_mean_cosine": round(float(sym.query_space.mean_cosine), 4),
         "symmetric": {k: round(float(sym.metrics[k]), 6) for k in
                       (f"recall@{config.ks[0]}", "map", "map@r")},
         "model": str(cell.model), "queries": str(cell.queries), "reused": cell.reused,

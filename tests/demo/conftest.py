@@ -13,7 +13,8 @@ TINY_TEACHER = {"epochs": 1, "dim": 16, "images_per_epoch": 16, "pool_size": 32,
                 "batch_size": 8, "negatives": 1}
 TINY_STUDENT = {"epochs": 1, "augs": 2, "batch_size": 4, "images_per_epoch": 8}
 TINY_TOY = {"num_classes": 8, "images_per_class": 4, "min_side": 40, "max_side": 60}
-KEYS = {"name", "query_res", "database_res", "recall@1", "recall@4", "map", "query_gmacs"}
+KEYS = {"name", "query_res", "database_res", "recall@1", "recall@4", "map", "query_gmacs",
+        "query_mean_cosine"}
 
 
 def _tiny(out: Path, dataset: Path | None) -> DemoConfig:

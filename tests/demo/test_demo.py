@@ -11,9 +11,11 @@ from PIL import Image
 
 from raml_cli.data.toy import generate_toy
 from raml_cli.demo import DemoConfig, run_demo
+from raml_cli.evaluate import space
+from raml_cli.progress import Reporter
 
 
-def test_tiny_demo_table_files_and_reuse(tmp_path: Path, tiny) -> None:
+def test_tiny_demo_table_files_and_reuse(tmp_path: Path, tiny, monkeypatch) -> None:
     data = tmp_path / "toy"
     generate_toy(data, seed=0, **tiny.toy)
     out = tmp_path / "demo"
@@ -30,6 +32,16 @@ def test_tiny_demo_table_files_and_reuse(tmp_path: Path, tiny) -> None:
     assert set(again.reused) >= {"teacher", "student", "arch_student"}
     assert len(again.reused) == 7  # 3 models, 4 embeddings files
     assert again.seconds["teacher"] < 2 and again.seconds["student"] < 2
+    assert all(-1 <= row["query_mean_cosine"] <= 1 for row in again.rows)
+
+    # A collapsed space is named, once per embeddings file (here: every space "collapses").
+    monkeypatch.setattr(space, "COLLAPSE_MEAN_COSINE", -1.0)
+    warnings: list[str] = []
+    recorder = Reporter(enabled=False, quiet=True)
+    recorder.warn = warnings.append
+    assert run_demo(tiny.config(out, data), recorder).rows == result.rows
+    assert len(warnings) == 4 and all("is collapsed" in w for w in warnings)
+    monkeypatch.undo()
 
     # Another query resolution reuses the teacher but distils and embeds anew.
     other = run_demo(DemoConfig(**{**tiny.config(out, data).__dict__, "query_res": 24}))

@@ -116,7 +116,7 @@ def test_a_collapsed_database_is_warned_about_on_stderr(tmp_path, files):
     message = " ".join(result.stderr.split())
     assert f"the database space ({collapsed}) is collapsed" in message
     assert "narrow cone" in message and "asymmetric search will be fragile" in message
-    assert "Retrain the teacher" in message and "The spread of the space" in message
+    assert "Retrain the teacher" in message and "Diagnosing a collapsed space" in message
     assert "query space" not in message  # the query side is spread out
     symmetric = run(collapsed)
     assert f"the space of {collapsed} is collapsed" in " ".join(symmetric.stderr.split())

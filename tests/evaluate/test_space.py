@@ -68,7 +68,7 @@ def test_a_tight_cone_is_collapsed_and_the_warning_says_what_to_do():
     assert spread.nn_cosine > spread.mean_cosine
     text = collapse_warning("the database set db.h5", spread)
     assert "collapsed" in text and "narrow cone" in text and "asymmetric search" in text
-    assert "Retrain the teacher" in text and "The spread of the space" in text
+    assert "Retrain the teacher" in text and "Diagnosing a collapsed space" in text
     assert f"{spread.mean_cosine:.4f}" in text
     assert not space_spread(cone(300, width=1.0)).collapsed
 
