@@ -425,7 +425,7 @@ class _Run:
             query, database = plan[name]
             result = evaluate_sets(sets[query], sets[database], ks=cfg.ks)
             for key, spread in ((query, result.query_space), (database, result.database_space)):
-                if spread is not None and spread.collapsed and key not in warned:
+                if spread.collapsed and key not in warned:
                     warned.add(key)  # a collapsed space is what makes a row fail silently
                     self.reporter.warn(collapse_warning(f"the space of {files[key].name}",
                                                         spread))

@@ -161,8 +161,8 @@ def positive_ranks(
         chunk_size: database rows per score product; ``None`` = :func:`default_chunk_size`.
         max_candidates: candidates held at once per block; a block that would exceed it
             (embeddings that rank positives very low) is split, so memory stays bounded.
-            ``None`` = 4,096 per query of the default block (64 MiB of keys and rows for
-            1,024 queries).
+            ``None`` = 4,096 per query of the block (64 MiB of keys and rows for 1,024
+            queries).
         product: the library that computes the scores and ranks them (see
             :data:`SCORE_PRODUCTS`): ``numpy`` (NumPy's BLAS, one thread per core, each
             computing and scanning its own score tiles with single-threaded BLAS) or

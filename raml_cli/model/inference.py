@@ -282,21 +282,25 @@ class PackedConv2d(nn.Module):
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under a dispatch mode (the FLOP counter of model.cost, a profiler) the plain
+        # convolution runs, which such a mode knows how to count.
+        if (torch._C._len_torch_dispatch_stack() or x.dtype != torch.float32
+                or x.device.type != "cpu" or self.weight.device.type != "cpu"):
+            return self._plain(x)
         key = tuple(x.shape)
         packed = self._packed.get(key)
-        if packed is None or torch._C._len_torch_dispatch_stack():
-            # A dispatch mode (the FLOP counter of model.cost, a profiler) sees the plain
-            # convolution, which it knows how to count.
-            if (packed is not None or len(self._packed) >= self.MAX_SHAPES
-                    or x.dtype != torch.float32 or x.device.type != "cpu"
-                    or self.weight.device.type != "cpu"):
-                return nn.functional.conv2d(x, self.weight, self.bias, self.stride,
-                                            self.padding, self.dilation, self.groups)
+        if packed is None:
+            if len(self._packed) >= self.MAX_SHAPES:
+                return self._plain(x)
             packed = self._packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, self.dilation, self.groups, list(key))
         return torch.ops.mkldnn._convolution_pointwise(
             x, packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
             "none", [], "")
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                    self.dilation, self.groups)
 
     def forget_shapes(self) -> None:
         """Drop the reordered weights (e.g. after the probe batch)."""
@@ -407,13 +411,17 @@ def prepare_for_inference(
         network = copy_module.deepcopy(network)
     network = network.to(device).eval().requires_grad_(False)
     plan = InferencePlan(device=str(device))
+    # The probe batch's output of the network as it stands, for the next step's check.
+    accepted = None
     if fold:
-        reference = _probe_output(network, device) if probe else None
+        accepted = _probe_output(network, device) if probe else None
         plan.folded, plan.unfolded, plan.note, undo = fold_batchnorm(network)
-        if plan.folded and reference is not None:
-            difference = (_probe_output(network, device) - reference).abs().max()
-            plan.probe_difference = float(difference.item())
-            if not plan.probe_difference <= PROBE_TOLERANCE:
+        if plan.folded and accepted is not None:
+            folded = _probe_output(network, device)
+            plan.probe_difference = float((folded - accepted).abs().max().item())
+            if plan.probe_difference <= PROBE_TOLERANCE:
+                accepted = folded
+            else:
                 plan.note = (f"folding changed the probe's embeddings by "
                              f"{plan.probe_difference:.2e} (> {PROBE_TOLERANCE:g}); "
                              "BatchNorm left unfolded")
@@ -427,7 +435,9 @@ def prepare_for_inference(
     if packed is None:
         packed = plan.channels_last and on_cpu and not compile and packing_available()
     if packed and on_cpu:  # CUDA has its own kernels (cuDNN); oneDNN is the CPU's
-        plan.packed_convs, note = _pack_checked(network, device, probe)
+        if probe and accepted is None:
+            accepted = _probe_output(network, device)
+        plan.packed_convs, note = _pack_checked(network, device, accepted)
         if note:
             plan.note = note if plan.note is None else f"{plan.note}; {note}"
     if pointwise is None:
@@ -441,12 +451,12 @@ def prepare_for_inference(
     return network
 
 
-def _pack_checked(network: nn.Module, device: torch.device, probe: bool
+def _pack_checked(network: nn.Module, device: torch.device, reference: torch.Tensor | None
                   ) -> tuple[int, str | None]:
-    """Pack the convolutions (:func:`pack_convolutions`), checked on the probe batch; on a
-    difference beyond :data:`PROBE_TOLERANCE` or an error of the operators, put the
+    """Pack the convolutions (:func:`pack_convolutions`), checked on the probe batch
+    against ``reference``, the unpacked network's probe output (``None``: unchecked); on
+    a difference beyond :data:`PROBE_TOLERANCE` or an error of the operators, put the
     plain convolutions back. Returns how many are packed and a note if none could be."""
-    reference = _probe_output(network, device) if probe else None
     names = pack_convolutions(network)
     if not names or reference is None:
         return len(names), None

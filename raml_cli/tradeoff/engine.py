@@ -250,7 +250,7 @@ def _row(cell: Cell, database: Path, config: TradeoffConfig, device: Any, R: int
     queries, db = read_embeddings(cell.queries), read_embeddings(database)
     asym = evaluate_sets(queries, db, ks=config.ks)
     sym = evaluate_sets(queries, ks=config.ks)
-    if sym.query_space is not None and sym.query_space.collapsed:
+    if sym.query_space.collapsed:
         from raml_cli.evaluate.space import collapse_warning
 
         reporter.warn(collapse_warning(f"the space of {cell.queries.name} ({cell.kind} row)",
