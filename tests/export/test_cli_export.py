@@ -16,23 +16,12 @@ from raml_cli.cli.app import app
 from raml_cli.export import read_onnx_info
 from raml_cli.model.files import read_model_info
 
+from ..cli_helpers import cli_fails as _fails
+from ..cli_helpers import cli_ok as _ok
 from ..embed.conftest import make_images
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _ok(args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _fails(args, match):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and match in " ".join(result.output.split())
-    return result
 
 
 def test_raml_export_prints_the_file_its_shapes_metadata_and_check(teacher_file, tmp_path):

@@ -8,28 +8,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from typer.testing import CliRunner
 
-from raml_cli.cli.app import app
 from raml_cli.store import read_embeddings
 
+from ..cli_helpers import cli_fails as _fails
+from ..cli_helpers import cli_ok as _ok
 from ..embed.conftest import make_images
 
-runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _ok(args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _fails(args, match):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and match in " ".join(result.output.split())
-    return result
 
 
 def _setup(tmp_path, models):
