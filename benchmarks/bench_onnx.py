@@ -13,9 +13,10 @@ depend on them), at ``--res`` px with ``--threads`` threads for both runtimes:
   per image in a batch of ``--batch``;
 - onnxruntime: the network exported at that fixed batch size
   (:func:`raml_cli.export.to_onnx`, a session of :mod:`raml_cli.export.runtime`);
-- the in-memory export that ``raml search --runtime onnxruntime`` pays for a
-  ``.safetensors`` model before its first query: :func:`raml_cli.export.encoder_for_network`
-  (conversion, session, check against torch), median of ``--export-repeats``;
+- the in-memory export (:func:`raml_cli.export.encoder_for_network`: conversion, session,
+  check against torch), median of ``--export-repeats``: about what the first
+  ``raml search`` on onnxruntime pays for a ``.safetensors`` model (it caches the export;
+  later ones open the file), or every call when the cache folder cannot be written;
 - the break-even query count: queries at batch 1 after which that export has paid for
   itself, ``export_ms / (torch_ms - onnxruntime_ms)``.
 

@@ -2,9 +2,15 @@
 teacher that the distillation, tradeoff and tune tests share."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_OFFLINE", "1")
+# raml's caches (the ONNX exports `raml search` makes, released models) go to a folder of
+# this run, never to the user's ~/.cache; subprocesses inherit it.
+_CACHE_HOME = tempfile.mkdtemp(prefix="raml-tests-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 
 import torch  # noqa: E402
 
@@ -42,3 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_CACHE_HOME, ignore_errors=True)

@@ -43,9 +43,10 @@ def command(
         "--res", min=8, help="Query resolution in pixels. Default: the model's (an .onnx "
         "model takes only the resolution it was exported at).")] = None,
     runtime: Annotated[str, typer.Option(
-        "--runtime", help="What runs the model: torch, onnxruntime (a .safetensors model is "
-        "exported in memory first; needs raml[onnx]), or auto: onnxruntime for .onnx, torch "
-        "for .safetensors.")] = "auto",
+        "--runtime", help="What runs the model: torch, onnxruntime (needs raml[onnx]; a "
+        ".safetensors model is exported once, on first use, into $XDG_CACHE_HOME/raml/onnx, "
+        "and that file is reused), or auto: onnxruntime on the CPU when the extra is "
+        "installed (it is faster), torch on a GPU or without it.")] = "auto",
     nprobe: Annotated[int | None, typer.Option(
         "--nprobe", min=1, help="ivf/ivfpq: lists visited per query (more: slower, better). "
         "Default: the value `raml index` tuned.")] = None,

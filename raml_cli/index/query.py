@@ -1,28 +1,28 @@
 """The query model of ``raml search``: what encodes the query images, on which runtime.
 
-- a ``.safetensors`` model file runs on torch (``--runtime torch``), or is exported to
-  ONNX in memory and runs on onnxruntime (``--runtime onnxruntime``, the ``raml[onnx]``
-  extra; checked against torch first);
+- a ``.safetensors`` model file runs on onnxruntime (``--runtime onnxruntime``, the
+  ``raml[onnx]`` extra) from its ONNX export, made on first use and cached
+  (:mod:`raml_cli.export.cache`), or on torch (``--runtime torch``, the prepared network);
 - an ``.onnx`` file of ``raml export`` runs on onnxruntime; its metadata gives the model's
   identity (for the compatibility check), its resolution and its normalisation.
 
-``--runtime auto`` picks onnxruntime for an ``.onnx`` file and torch for a ``.safetensors``
-file: onnxruntime encodes a 112 px query 2.2x (resnet50) to 4.4x (efficientnet_lite0)
-faster than torch (the prepared network) on the development machine, but the in-memory
-export costs 9 to 14 s, which pays off only after 535 to 1,743 queries, more than one
-search call usually holds (docs/export.md has the numbers). Export once with
-``raml export`` and search with the ``.onnx`` file instead.
+``--runtime auto`` picks the faster: onnxruntime on the CPU whenever the extra is installed
+(it encodes a 112 px query 1.9x (resnet50) to 4.5x (efficientnet_lite0) faster than torch
+at batch 1 on the development machine, and is faster at batch 32 too; docs/export.md),
+torch on a GPU or without the extra. Under ``auto`` a model whose export fails runs on torch, with a warning, and the
+failure is remembered so that the next search does not try again.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raml_cli.errors import InputError
+from raml_cli.progress import NULL_REPORTER, Reporter
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
@@ -48,6 +48,10 @@ def read_query_model_info(path: str | os.PathLike) -> Any:
 def choose_runtime(model: str | os.PathLike, runtime: str, device: str) -> str:
     """``torch`` or ``onnxruntime`` for ``model`` under ``--runtime`` and ``--device``.
 
+    ``auto``: onnxruntime for an ``.onnx`` file; for a ``.safetensors`` file onnxruntime
+    when the device is the CPU and ``raml[onnx]`` (with the exporter) is installed, else
+    torch.
+
     Raises:
         InputError: an unknown runtime, torch for an ``.onnx`` file, or onnxruntime with a
             GPU device (raml runs onnxruntime on the CPU).
@@ -60,12 +64,37 @@ def choose_runtime(model: str | os.PathLike, runtime: str, device: str) -> str:
         raise InputError(f"{model} is an ONNX model: it runs on onnxruntime, not torch. Use "
                          "--runtime onnxruntime (or auto), or search with the .safetensors "
                          "model it was exported from to run torch.")
-    chosen = "onnxruntime" if onnx_file else ("torch" if name == "auto" else name)
-    if chosen == "onnxruntime" and str(device).strip().lower() not in ("auto", "cpu"):
+    wanted = str(device).strip().lower()
+    if onnx_file:
+        chosen = "onnxruntime"
+    elif name == "auto":
+        on_cpu = wanted == "cpu" or (wanted == "auto" and _resolve(device).type == "cpu")
+        chosen = "onnxruntime" if on_cpu and _exporter_available() else "torch"
+    else:
+        chosen = name
+    if chosen == "onnxruntime" and wanted not in ("auto", "cpu"):
         raise InputError(f"onnxruntime runs on the CPU in raml; --device {device} asks for a "
                          "GPU. Use --device cpu, or the .safetensors model with --runtime "
                          "torch on the GPU.")
     return chosen
+
+
+def _resolve(device: str) -> Any:
+    from raml_cli.devices import resolve_device
+
+    return resolve_device(device)
+
+
+def _exporter_available() -> bool:
+    """Whether onnx, onnxruntime and onnxscript (torch's exporter needs it) import."""
+    import importlib
+
+    try:
+        for name in ("onnx", "onnxruntime", "onnxscript"):
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -77,6 +106,7 @@ class QueryModel:
         info: the model's checked metadata (:func:`read_query_model_info`).
         mean, std: the normalisation the image pipeline applies for ``encode``.
         check_difference: for an in-memory export, the max abs difference of its check.
+        warnings: what the user is told (a fall-back to torch).
     """
 
     encode: Any | Callable[..., Any]
@@ -87,21 +117,31 @@ class QueryModel:
     runtime: str
     device: Any
     check_difference: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def open_query_model(model: str | os.PathLike, runtime: str, device: str,
-                     res: int | None) -> QueryModel:
+                     res: int | None, *, fall_back: bool = False,
+                     reporter: Reporter | None = None,
+                     cache_dir: str | os.PathLike | None = None) -> QueryModel:
     """Load ``model`` for ``runtime`` (from :func:`choose_runtime`) at ``res`` px.
+
+    A ``.safetensors`` model on onnxruntime runs its cached export
+    (:func:`~raml_cli.export.cache.cached_onnx`, exported on first use; in memory when the
+    cache folder cannot be written). ``fall_back`` (``--runtime auto``): a model whose
+    export fails, now or before, runs on torch instead, with a warning.
 
     Raises:
         InputError: ``res`` differs from an ``.onnx`` file's fixed resolution, or a missing
             ``raml[onnx]`` extra.
-        ExportError: an in-memory export that does not reproduce torch's rows.
+        ExportError: an export that does not reproduce torch's rows (unless ``fall_back``).
     """
     import torch
 
     from raml_cli.devices import resolve_device
+    from raml_cli.errors import ExportError
 
+    reporter = reporter or NULL_REPORTER
     if is_onnx_file(model):
         from raml_cli.export import OnnxEncoder
 
@@ -112,19 +152,70 @@ def open_query_model(model: str | os.PathLike, runtime: str, device: str,
                              f".safetensors model again with `raml export --res {res}`.")
         return QueryModel(encoder.encode_batch, info, info.resolution, encoder.pipeline_mean,
                           encoder.pipeline_std, "onnxruntime", torch.device("cpu"))
-    from raml_cli.model.files import load_model
+    from raml_cli.model.files import load_model, read_model_info
 
-    torch_device = resolve_device(device) if runtime == "torch" else torch.device("cpu")
+    warnings: list[str] = []
+    if runtime == "onnxruntime":
+        from raml_cli.export.cache import CachedExport, cached_onnx, writable_folder
+        from raml_cli.export.encoder import OnnxEncoder
+
+        info = read_model_info(model)
+        resolution = int(res or info.resolution)
+        entry = CachedExport.of(info.sha256, resolution, cache_dir)
+        if entry.valid_for(info.sha256, resolution) is None and \
+                not writable_folder(entry.path.parent):
+            reporter.log(f"the cache folder {entry.path.parent} cannot be written: exporting "
+                         "in memory, for this search only")
+            return _in_memory(model, resolution, fall_back, reporter)
+        failure = entry.failure() if fall_back else None
+        try:
+            if failure is not None:
+                raise ExportError(f"{failure} (recorded in {entry.failed}; delete it to try "
+                                  "again)")
+            onnx_info = cached_onnx(model, info.sha256, resolution, cache_dir=cache_dir,
+                                    reporter=reporter)
+        except ExportError as err:
+            if not fall_back:
+                raise
+            warnings.append(f"{model} runs on torch, not onnxruntime: {err}")
+            reporter.warn(warnings[-1])
+        else:
+            encoder = OnnxEncoder(onnx_info.path, resolution=onnx_info.resolution,
+                                  input_format=onnx_info.input_format,
+                                  dynamic_batch=onnx_info.dynamic_batch,
+                                  mean=onnx_info.mean, std=onnx_info.std)
+            return QueryModel(encoder.encode_batch, info, resolution, encoder.pipeline_mean,
+                              encoder.pipeline_std, "onnxruntime", torch.device("cpu"))
+    torch_device = resolve_device(device)
     network, info = load_model(model, torch_device)
     resolution = int(res or info.resolution)
-    if runtime == "torch":
-        from raml_cli.model.inference import prepare_for_inference
+    from raml_cli.model.inference import prepare_for_inference
 
-        network = prepare_for_inference(network, torch_device, copy=False)
-        return QueryModel(network, info, resolution, info.mean, info.std, "torch",
-                          torch_device)
+    network = prepare_for_inference(network, torch_device, copy=False)
+    return QueryModel(network, info, resolution, info.mean, info.std, "torch", torch_device,
+                      warnings=warnings)
+
+
+def _in_memory(model: str | os.PathLike, resolution: int, fall_back: bool,
+               reporter: Reporter) -> QueryModel:
+    """onnxruntime on an export held in memory only (nothing is written)."""
+    import torch
+
+    from raml_cli.errors import ExportError
     from raml_cli.export import encoder_for_network
+    from raml_cli.model.files import load_model
+    from raml_cli.model.inference import prepare_for_inference
 
-    encoder, difference = encoder_for_network(network, resolution)
+    network, info = load_model(model, "cpu")
+    try:
+        encoder, difference = encoder_for_network(network, resolution)
+    except (ExportError, RuntimeError, ValueError, TypeError, NotImplementedError) as err:
+        if not fall_back:
+            raise
+        message = f"{model} runs on torch, not onnxruntime: {err}"
+        reporter.warn(message)
+        network = prepare_for_inference(network, torch.device("cpu"), copy=False)
+        return QueryModel(network, info, resolution, info.mean, info.std, "torch",
+                          torch.device("cpu"), warnings=[message])
     return QueryModel(encoder.encode_batch, info, resolution, encoder.pipeline_mean,
-                      encoder.pipeline_std, "onnxruntime", torch_device, difference)
+                      encoder.pipeline_std, "onnxruntime", torch.device("cpu"), difference)

@@ -173,15 +173,18 @@ def search_images(model: str | os.PathLike, index_file: str | os.PathLike,
     reporter = reporter or NULL_REPORTER
     if not samples:
         raise InputError("No query images: give image files, --images DIR, or --queries Q.h5.")
+    fall_back = str(runtime).strip().lower() == "auto"
     runtime = choose_runtime(model, runtime, device)
     info = read_query_model_info(model)
     loaded = read_index_file(index_file)
     warnings: list[str] = []
     _check_model(info, loaded, force, reporter, warnings)
     params = _params(loaded, nprobe, ef)
-    query_model = open_query_model(model, runtime, device, res)
+    query_model = open_query_model(model, runtime, device, res, fall_back=fall_back,
+                                   reporter=reporter)
     info, resolution, torch_device = query_model.info, query_model.resolution, \
         query_model.device
+    warnings.extend(query_model.warnings)
     started = time.perf_counter()
     vectors = embed_in_memory(query_model.encode, samples, root, resolution,
                               batch_size=batch_size, device=torch_device, reporter=reporter,

@@ -93,17 +93,76 @@ def _search(model, database, *extra):
 
 
 def test_search_with_an_onnx_model_finds_the_same_neighbours(
-        teacher_file, float_fixed, uint8_dynamic, database):
-    reference, ranking, scores = _search(teacher_file, database, "--device", "cpu")
+        teacher_file, float_fixed, uint8_dynamic, database, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    reference, ranking, scores = _search(teacher_file, database, "--runtime", "torch")
     assert reference["model"]["runtime"] == "torch"
     for model, extra in ((float_fixed, ()), (uint8_dynamic, ()),
-                         (teacher_file, ("--runtime", "onnxruntime"))):
+                         (teacher_file, ("--runtime", "onnxruntime")),
+                         (teacher_file, ()), (teacher_file, ("--device", "cpu"))):
         out, found, found_scores = _search(model, database, *extra)
         assert found == ranking, model
         np.testing.assert_allclose(found_scores, scores, atol=1e-4)
         assert out["model"]["runtime"] == "onnxruntime"
         assert out["model"]["sha256"] == reference["model"]["sha256"]
+        assert out["model"]["path"] == str(model)
         assert out["model"]["resolution"] == 32
+    # The .safetensors model was exported once, into the cache, and that file is reused.
+    cached = list((tmp_path / "cache" / "raml" / "onnx").iterdir())
+    assert [p.suffix for p in cached] == [".onnx"], cached
+    info = read_onnx_info(cached[0])
+    assert info.sha256 == reference["model"]["sha256"] and info.dynamic_batch
+    stamp = cached[0].stat().st_mtime_ns
+    index, queries = database
+    log = _ok(["search", teacher_file, "--index", index, "--images", queries, "-k", "1"])
+    assert "cached export" in log.stderr and cached[0].stat().st_mtime_ns == stamp
+
+
+def test_search_falls_back_to_torch_when_the_export_fails(teacher_file, database, tmp_path,
+                                                          monkeypatch):
+    from raml_cli.export import convert
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(convert, "TOLERANCE", -1.0)  # every check now fails
+    from raml_cli.export import engine
+    monkeypatch.setattr(engine, "TOLERANCE", -1.0)
+    index, queries = database
+    args = ["search", teacher_file, "--index", index, "--images", queries, "-k", "1", "--json"]
+    first = runner.invoke(app, [str(a) for a in args])
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout)
+    assert out["model"]["runtime"] == "torch"
+    assert any("runs on torch, not onnxruntime" in w for w in out["warnings"])
+    folder = tmp_path / "cache" / "raml" / "onnx"
+    assert [p.suffix for p in folder.iterdir()] == [".failed"]  # no half-written export
+    # The failure is remembered: the next auto search goes to torch without exporting.
+    monkeypatch.setattr(engine, "export_model", None)  # would raise if called
+    again = json.loads(_ok(args).stdout)
+    assert again["model"]["runtime"] == "torch" and "recorded in" in again["warnings"][0]
+    # Asked for explicitly, onnxruntime is not silently replaced.
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine, "TOLERANCE", -1.0)
+    _fails([*args, "--runtime", "onnxruntime"], "does not reproduce raml's embeddings")
+
+
+def test_search_exports_in_memory_when_the_cache_cannot_be_written(
+        teacher_file, database, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    out, _, _ = _search(teacher_file, database)
+    assert out["model"]["runtime"] == "onnxruntime" and not out["warnings"]
+    assert blocker.read_text() == "a file where the cache folder would be"
+
+
+def test_search_auto_is_torch_without_the_extra(teacher_file, database, tmp_path,
+                                                monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    out, _, _ = _search(teacher_file, database)
+    assert out["model"]["runtime"] == "torch"
+    assert not (tmp_path / "cache").exists()
 
 
 def _relabelled(source: Path, dest: Path, **values: str) -> Path:
@@ -144,3 +203,17 @@ def test_commands_that_need_the_model_file_say_so_for_an_onnx_file(float_fixed, 
                                       "-o", str(tmp_path / "x.h5")])
     assert result.exit_code == 2 and "is an ONNX file" in result.stderr
     assert ".safetensors" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_damaged_or_foreign_cache_entry_is_exported_again(teacher_file, tmp_path):
+    from raml_cli.export.cache import CachedExport, cached_onnx
+
+    sha = read_model_info(teacher_file).sha256
+    entry = CachedExport.of(sha, 32, tmp_path)
+    entry.path.parent.mkdir(parents=True, exist_ok=True)
+    entry.path.write_bytes(b"cut short by a full disk")
+    info = cached_onnx(teacher_file, sha, 32, cache_dir=tmp_path)
+    assert info.path == entry.path and info.sha256 == sha and info.dynamic_batch
+    assert entry.valid_for(sha, 32) is not None
+    assert entry.valid_for("0" * 64, 32) is None and entry.valid_for(sha, 40) is None
+    assert CachedExport.of(sha, 40, tmp_path).path != entry.path
