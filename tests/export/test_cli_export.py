@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from raml_cli.cli.app import app
@@ -99,7 +100,9 @@ def test_search_with_an_onnx_model_finds_the_same_neighbours(
     assert reference["model"]["runtime"] == "torch"
     for model, extra in ((float_fixed, ()), (uint8_dynamic, ()),
                          (teacher_file, ("--runtime", "onnxruntime")),
-                         (teacher_file, ()), (teacher_file, ("--device", "cpu"))):
+                         (teacher_file, ("--device", "cpu")), (teacher_file, ())):
+        if not extra and torch.cuda.is_available():
+            continue  # --device auto takes the GPU, and with it torch (next test)
         out, found, found_scores = _search(model, database, *extra)
         assert found == ranking, model
         np.testing.assert_allclose(found_scores, scores, atol=1e-4)
@@ -127,7 +130,8 @@ def test_search_falls_back_to_torch_when_the_export_fails(teacher_file, database
     from raml_cli.export import engine
     monkeypatch.setattr(engine, "TOLERANCE", -1.0)
     index, queries = database
-    args = ["search", teacher_file, "--index", index, "--images", queries, "-k", "1", "--json"]
+    args = ["search", teacher_file, "--index", index, "--images", queries, "-k", "1", "--json",
+            "--device", "cpu"]
     first = runner.invoke(app, [str(a) for a in args])
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout)
@@ -151,16 +155,28 @@ def test_search_exports_in_memory_when_the_cache_cannot_be_written(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
-    out, _, _ = _search(teacher_file, database)
+    out, _, _ = _search(teacher_file, database, "--device", "cpu")
     assert out["model"]["runtime"] == "onnxruntime" and not out["warnings"]
     assert blocker.read_text() == "a file where the cache folder would be"
+
+
+def test_auto_runtime_is_onnxruntime_on_the_cpu_only(teacher_file, float_fixed, monkeypatch):
+    from raml_cli.index.query import choose_runtime
+
+    assert choose_runtime(teacher_file, "auto", "cpu") == "onnxruntime"
+    assert choose_runtime(teacher_file, "torch", "cpu") == "torch"
+    assert choose_runtime(float_fixed, "auto", "cpu") == "onnxruntime"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU
+    assert choose_runtime(teacher_file, "auto", "auto") == "torch"
+    assert choose_runtime(teacher_file, "auto", "cpu") == "onnxruntime"
+    assert choose_runtime(teacher_file, "onnxruntime", "auto") == "onnxruntime"
 
 
 def test_search_auto_is_torch_without_the_extra(teacher_file, database, tmp_path,
                                                 monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
-    out, _, _ = _search(teacher_file, database)
+    out, _, _ = _search(teacher_file, database, "--device", "cpu")
     assert out["model"]["runtime"] == "torch"
     assert not (tmp_path / "cache").exists()
 
