@@ -7,8 +7,9 @@
   identity (for the compatibility check), its resolution and its normalisation.
 
 ``--runtime auto`` picks the faster: onnxruntime on the CPU whenever the extra is installed
-(it encodes a 112 px query 1.9x (resnet50) to 4.5x (efficientnet_lite0) faster than torch
-at batch 1 on the development machine, and is faster at batch 32 too; docs/export.md),
+(it encodes a 112 px query 1.3-1.9x (resnet50) and 2.6-4.5x (efficientnet_lite0) faster
+than torch at batch 1 on the development machine, and is faster at batch 32 too;
+docs/export.md),
 torch on a GPU or without the extra. Under ``auto`` a model whose export fails runs on
 torch, with a warning, and the failure is remembered so that the next search does not try
 again.
