@@ -210,3 +210,24 @@ def test_torch_engine_on_cuda_gives_the_numpy_ranks(dyadic, brute_force_ranks):
         assert cuda_ranks == numpy_ranks
     small = random_problem(dyadic, 5)
     assert collect(*small, product="torch", device="cuda") == brute_force_ranks(*small, None)
+
+
+def test_the_last_chunk_is_cut_into_narrower_tiles():
+    assert neighbours._tile_columns(1000, 300, 4) == [(0, 300), (300, 300), (600, 300),
+                                                       (900, 100)]  # too narrow to cut
+    assert neighbours._tile_columns(6050, 4096, 4) == [(0, 4096), (4096, 1954)]
+    assert neighbours._tile_columns(60502, 4034, 4)[-5:] == [
+        (52442, 4034), (56476, 1007), (57483, 1007), (58490, 1007), (59497, 1005)]
+    assert neighbours._tile_columns(0, 512, 4) == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cut_tail_tiles_give_the_full_sort_ranks(dyadic, brute_force_ranks, monkeypatch,
+                                                 threads):
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: threads)
+    monkeypatch.setattr(neighbours, "MIN_TAIL_WIDTH", 100)
+    query, q_labels, database, db_labels = random_problem(dyadic, 20 + threads, queries=90,
+                                                          items=700)
+    expected = brute_force_ranks(query, q_labels, database, db_labels, None)
+    assert collect(query, q_labels, database, db_labels, block_size=32,
+                   chunk_size=512) == expected
