@@ -1,7 +1,8 @@
 """No half-written files: write to a temporary name beside the target, then rename.
 
 ``os.replace`` within one folder is atomic on POSIX and Windows, so a reader sees
-either the old file, or the complete new one, never a partial one.
+either the old file, or the complete new one, never a partial one. Also where raml keeps
+the files it can make again (:func:`raml_cache_dir`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from raml_cli.errors import InputError
+
+
+def raml_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/raml/NAME`` (``~/.cache/raml/NAME`` by default): where raml keeps
+    what it can make again (released models, ONNX exports)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "raml" / name
 
 
 def ensure_writable_parent(path: str | os.PathLike) -> Path:

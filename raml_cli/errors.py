@@ -37,4 +37,5 @@ class TrainingError(RamlError):
 
 
 class ExportError(RamlError):
-    """An exported network whose outputs differ from raml's own (nothing was written)."""
+    """A network that cannot be exported, or whose export's outputs differ from raml's own
+    (nothing was written)."""

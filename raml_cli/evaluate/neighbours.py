@@ -509,7 +509,7 @@ class _ScanPart:
 
     def __init__(self, ctx: _Context, rows: np.ndarray, queries: np.ndarray,
                  thresholds: np.ndarray, lo: int, hi: int) -> None:
-        self._ctx, self._rows, self._lo, self._hi = ctx, rows, lo, hi
+        self._ctx, self._lo, self._hi = ctx, lo, hi
         self._queries = queries[lo:hi]
         self._column = thresholds[lo:hi, None]
         self_rows = ctx.self_index[rows[lo:hi]]

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from raml_cli import __version__
-from raml_cli.atomic import atomic_output
-from raml_cli.errors import ExportError
+from raml_cli.atomic import atomic_output, raml_cache_dir
+from raml_cli.errors import ExportError, RamlError
 from raml_cli.progress import NULL_REPORTER, Reporter
 
 #: Characters of the model's sha256 in a cached file's name.
@@ -32,8 +32,7 @@ KEY_DIGITS = 24
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/raml/onnx`` (``~/.cache/raml/onnx`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "raml" / "onnx"
+    return raml_cache_dir("onnx")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,6 @@ class CachedExport:
         """The cached file's :class:`~raml_cli.export.file.OnnxModelInfo` when it is an
         export of the model ``sha256`` at ``res`` px with float input and a dynamic batch;
         ``None`` when it is missing or anything else (it is then exported again)."""
-        from raml_cli.errors import RamlError
         from raml_cli.export.convert import FLOAT_INPUT
         from raml_cli.export.file import read_onnx_info
 
@@ -94,13 +92,14 @@ def writable_folder(folder: str | os.PathLike) -> bool:
 
 def cached_onnx(model: str | os.PathLike, sha256: str, res: int, *,
                 cache_dir: str | os.PathLike | None = None,
-                reporter: Reporter | None = None) -> Any:
+                reporter: Reporter | None = None) -> Any | None:
     """The :class:`~raml_cli.export.file.OnnxModelInfo` (``.path``: the file) of the checked
     ONNX export of the model file ``model`` (whose sha256 is ``sha256``) at ``res`` px,
-    exporting it into the cache first when it is not there.
+    exporting it into the cache first when it is not there; ``None`` when it is not there
+    and the cache folder cannot be written.
 
     Raises:
-        InputError: the extra is missing or the cache folder cannot be written.
+        InputError: the extra is missing.
         ExportError: the export failed (also recorded, see :meth:`CachedExport.failure`).
     """
     from raml_cli.export.engine import export_model
@@ -111,6 +110,8 @@ def cached_onnx(model: str | os.PathLike, sha256: str, res: int, *,
     if cached is not None:
         reporter.log(f"onnxruntime runs the cached export {entry.path}")
         return cached
+    if not writable_folder(entry.path.parent):
+        return None
     reporter.log(f"exporting {model} at {res} px to ONNX for onnxruntime, once: later "
                  f"searches reuse {entry.path}")
     try:
@@ -119,18 +120,10 @@ def cached_onnx(model: str | os.PathLike, sha256: str, res: int, *,
     except ExportError as err:
         _record_failure(entry, str(err))
         raise
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
-        # torch's exporter raises these for a network it cannot convert.
-        text = (f"torch's ONNX exporter could not convert {model}: "
-                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        _record_failure(entry, text)
-        raise ExportError(text) from err
     return written.info
 
 
 def _record_failure(entry: CachedExport, reason: str) -> None:
-    from raml_cli.errors import RamlError
-
     try:
         with atomic_output(entry.failed) as tmp:
             tmp.write_text(reason + "\n", encoding="utf-8")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raml_cli.errors import InputError
+from raml_cli.errors import ExportError, InputError
 from raml_cli.export.runtime import require_exporter
 
 INPUT_NAME = "images"
@@ -117,7 +117,8 @@ def to_onnx(network: nn.Module, res: int, *, input_format: str = FLOAT_INPUT,
             ``batch_size``.
 
     Raises:
-        InputError: the ``raml[onnx]`` extra is missing, or torch cannot export the network.
+        InputError: the ``raml[onnx]`` extra is missing.
+        ExportError: torch cannot export the network.
     """
     require_exporter()
     if any(p.device.type != "cpu" for p in network.parameters()):
@@ -141,7 +142,7 @@ def to_onnx(network: nn.Module, res: int, *, input_format: str = FLOAT_INPUT,
             first = str(err).strip().splitlines()[0] if str(err).strip() else \
                 type(err).__name__
             architecture = getattr(getattr(network, "config", None), "architecture", "network")
-            raise InputError(
+            raise ExportError(
                 f"torch {torch.__version__} cannot export this {architecture} network to "
                 f"ONNX at {res} px ({type(err).__name__}: {first}). Try another --res, or "
                 "use the .safetensors model with the torch runtime."
@@ -150,11 +151,11 @@ def to_onnx(network: nn.Module, res: int, *, input_format: str = FLOAT_INPUT,
 
 
 def model_bytes(model: Any) -> bytes:
-    """The serialised ``onnx.ModelProto`` (weights inside), or an :class:`InputError` for a
+    """The serialised ``onnx.ModelProto`` (weights inside), or an :class:`ExportError` for a
     network over the 2 GiB that one ONNX file holds."""
     size = model.ByteSize()
     if size > MAX_BYTES:
-        raise InputError(f"The exported network is {size / 2**30:.1f} GiB, over the 2 GiB "
+        raise ExportError(f"The exported network is {size / 2**30:.1f} GiB, over the 2 GiB "
                          "that one ONNX file holds; raml exports networks up to that size.")
     return model.SerializeToString()
 

@@ -72,10 +72,15 @@ class OnnxEncoder:
         from raml_cli.export.file import read_onnx_info
 
         info = read_onnx_info(path)
-        encoder = cls(info.path, resolution=info.resolution, input_format=info.input_format,
-                      dynamic_batch=info.dynamic_batch, threads=threads, mean=info.mean,
-                      std=info.std)
-        return encoder, info
+        return cls.from_info(info, threads), info
+
+    @classmethod
+    def from_info(cls, info: Any, threads: int | None = None) -> OnnxEncoder:
+        """The encoder of the file an :class:`~raml_cli.export.file.OnnxModelInfo` has
+        already read and checked (``info.path``)."""
+        return cls(info.path, resolution=info.resolution, input_format=info.input_format,
+                   dynamic_batch=info.dynamic_batch, threads=threads, mean=info.mean,
+                   std=info.std)
 
     @property
     def pipeline_mean(self) -> tuple[float, float, float] | None:

@@ -46,10 +46,12 @@ def require_exporter(what: str = "ONNX export") -> None:
     _require("onnxscript", what)
 
 
-def onnx_available() -> bool:
-    """Whether the extra is installed (``--runtime auto`` asks)."""
+def onnx_available(exporter: bool = False) -> bool:
+    """Whether the extra's onnx and onnxruntime import, and with ``exporter`` also
+    onnxscript, which torch's exporter needs (``raml search --runtime auto`` asks)."""
+    names = ("onnx", "onnxruntime") + (("onnxscript",) if exporter else ())
     try:
-        for name in ("onnx", "onnxruntime"):
+        for name in names:
             importlib.import_module(name)
     except ImportError:
         return False

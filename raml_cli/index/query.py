@@ -70,8 +70,11 @@ def choose_runtime(model: str | os.PathLike, runtime: str, device: str) -> str:
     if onnx_file:
         chosen = "onnxruntime"
     elif name == "auto":
-        on_cpu = wanted == "cpu" or (wanted == "auto" and _resolve(device).type == "cpu")
-        chosen = "onnxruntime" if on_cpu and _exporter_available() else "torch"
+        from raml_cli.devices import resolve_device
+        from raml_cli.export.runtime import onnx_available
+
+        on_cpu = wanted == "cpu" or (wanted == "auto" and resolve_device(device).type == "cpu")
+        chosen = "onnxruntime" if on_cpu and onnx_available(exporter=True) else "torch"
     else:
         chosen = name
     if chosen == "onnxruntime" and wanted not in ("auto", "cpu"):
@@ -79,24 +82,6 @@ def choose_runtime(model: str | os.PathLike, runtime: str, device: str) -> str:
                          "GPU. Use --device cpu, or the .safetensors model with --runtime "
                          "torch on the GPU.")
     return chosen
-
-
-def _resolve(device: str) -> Any:
-    from raml_cli.devices import resolve_device
-
-    return resolve_device(device)
-
-
-def _exporter_available() -> bool:
-    """Whether onnx, onnxruntime and onnxscript (torch's exporter needs it) import."""
-    import importlib
-
-    try:
-        for name in ("onnx", "onnxruntime", "onnxscript"):
-            importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
@@ -125,13 +110,15 @@ class QueryModel:
 def open_query_model(model: str | os.PathLike, runtime: str, device: str,
                      res: int | None, *, fall_back: bool = False,
                      reporter: Reporter | None = None,
-                     cache_dir: str | os.PathLike | None = None) -> QueryModel:
+                     cache_dir: str | os.PathLike | None = None,
+                     info: Any = None) -> QueryModel:
     """Load ``model`` for ``runtime`` (from :func:`choose_runtime`) at ``res`` px.
 
     A ``.safetensors`` model on onnxruntime runs its cached export
     (:func:`~raml_cli.export.cache.cached_onnx`, exported on first use; in memory when the
     cache folder cannot be written). ``fall_back`` (``--runtime auto``): a model whose
-    export fails, now or before, runs on torch instead, with a warning.
+    export fails, now or before, runs on torch instead, with a warning. ``info``: the
+    model's :func:`read_query_model_info`, when the caller has it already.
 
     Raises:
         InputError: ``res`` differs from an ``.onnx`` file's fixed resolution, or a missing
@@ -154,70 +141,56 @@ def open_query_model(model: str | os.PathLike, runtime: str, device: str,
                              f".safetensors model again with `raml export --res {res}`.")
         return QueryModel(encoder.encode_batch, info, info.resolution, encoder.pipeline_mean,
                           encoder.pipeline_std, "onnxruntime", torch.device("cpu"))
-    from raml_cli.model.files import load_model, read_model_info
-
     warnings: list[str] = []
     if runtime == "onnxruntime":
-        from raml_cli.export.cache import CachedExport, cached_onnx, writable_folder
-        from raml_cli.export.encoder import OnnxEncoder
-
-        info = read_model_info(model)
-        resolution = int(res or info.resolution)
-        entry = CachedExport.of(info.sha256, resolution, cache_dir)
-        if entry.valid_for(info.sha256, resolution) is None and \
-                not writable_folder(entry.path.parent):
-            reporter.log(f"the cache folder {entry.path.parent} cannot be written: exporting "
-                         "in memory, for this search only")
-            return _in_memory(model, resolution, fall_back, reporter)
-        failure = entry.failure() if fall_back else None
         try:
-            if failure is not None:
-                raise ExportError(f"{failure} (recorded in {entry.failed}; delete it to try "
-                                  "again)")
-            onnx_info = cached_onnx(model, info.sha256, resolution, cache_dir=cache_dir,
-                                    reporter=reporter)
+            return _exported(model, res, fall_back, reporter, cache_dir, info)
         except ExportError as err:
             if not fall_back:
                 raise
             warnings.append(f"{model} runs on torch, not onnxruntime: {err}")
             reporter.warn(warnings[-1])
-        else:
-            encoder = OnnxEncoder(onnx_info.path, resolution=onnx_info.resolution,
-                                  input_format=onnx_info.input_format,
-                                  dynamic_batch=onnx_info.dynamic_batch,
-                                  mean=onnx_info.mean, std=onnx_info.std)
-            return QueryModel(encoder.encode_batch, info, resolution, encoder.pipeline_mean,
-                              encoder.pipeline_std, "onnxruntime", torch.device("cpu"))
-    torch_device = resolve_device(device)
-    network, info = load_model(model, torch_device)
-    resolution = int(res or info.resolution)
-    from raml_cli.model.inference import prepare_for_inference
-
-    network = prepare_for_inference(network, torch_device, copy=False)
-    return QueryModel(network, info, resolution, info.mean, info.std, "torch", torch_device,
-                      warnings=warnings)
-
-
-def _in_memory(model: str | os.PathLike, resolution: int, fall_back: bool,
-               reporter: Reporter) -> QueryModel:
-    """onnxruntime on an export held in memory only (nothing is written)."""
-    import torch
-
-    from raml_cli.errors import ExportError
-    from raml_cli.export import encoder_for_network
     from raml_cli.model.files import load_model
     from raml_cli.model.inference import prepare_for_inference
 
-    network, info = load_model(model, "cpu")
-    try:
-        encoder, difference = encoder_for_network(network, resolution)
-    except (ExportError, RuntimeError, ValueError, TypeError, NotImplementedError) as err:
-        if not fall_back:
-            raise
-        message = f"{model} runs on torch, not onnxruntime: {err}"
-        reporter.warn(message)
-        network = prepare_for_inference(network, torch.device("cpu"), copy=False)
-        return QueryModel(network, info, resolution, info.mean, info.std, "torch",
-                          torch.device("cpu"), warnings=[message])
+    torch_device = resolve_device(device)
+    network, info = load_model(model, torch_device)
+    network = prepare_for_inference(network, torch_device, copy=False)
+    return QueryModel(network, info, int(res or info.resolution), info.mean, info.std,
+                      "torch", torch_device, warnings=warnings)
+
+
+def _exported(model: str | os.PathLike, res: int | None, fall_back: bool,
+              reporter: Reporter, cache_dir: str | os.PathLike | None,
+              info: Any) -> QueryModel:
+    """The ``.safetensors`` model ``model`` on onnxruntime, from its cached export (made
+    now if needed; held in memory only when the cache folder cannot be written).
+
+    Raises:
+        ExportError: the export fails, or (``fall_back``) failed before.
+    """
+    import torch
+
+    from raml_cli.errors import ExportError
+    from raml_cli.export.cache import CachedExport, cached_onnx
+    from raml_cli.export.encoder import OnnxEncoder, encoder_for_network
+    from raml_cli.model.files import load_model, read_model_info
+
+    info = info or read_model_info(model)
+    resolution = int(res or info.resolution)
+    entry = CachedExport.of(info.sha256, resolution, cache_dir)
+    failure = entry.failure() if fall_back else None
+    if failure is not None:
+        raise ExportError(f"{failure} (recorded in {entry.failed}; delete it to try again)")
+    onnx_info = cached_onnx(model, info.sha256, resolution, cache_dir=cache_dir,
+                            reporter=reporter)
+    cpu = torch.device("cpu")
+    if onnx_info is None:
+        reporter.log(f"the cache folder {entry.path.parent} cannot be written: exporting in "
+                     "memory, for this search only")
+        encoder, difference = encoder_for_network(load_model(model, "cpu")[0], resolution)
+        return QueryModel(encoder.encode_batch, info, resolution, encoder.pipeline_mean,
+                          encoder.pipeline_std, "onnxruntime", cpu, difference)
+    encoder = OnnxEncoder.from_info(onnx_info)
     return QueryModel(encoder.encode_batch, info, resolution, encoder.pipeline_mean,
-                      encoder.pipeline_std, "onnxruntime", torch.device("cpu"), difference)
+                      encoder.pipeline_std, "onnxruntime", cpu)

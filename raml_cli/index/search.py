@@ -181,7 +181,7 @@ def search_images(model: str | os.PathLike, index_file: str | os.PathLike,
     _check_model(info, loaded, force, reporter, warnings)
     params = _params(loaded, nprobe, ef)
     query_model = open_query_model(model, runtime, device, res, fall_back=fall_back,
-                                   reporter=reporter)
+                                   reporter=reporter, info=info)
     info, resolution, torch_device = query_model.info, query_model.resolution, \
         query_model.device
     warnings.extend(query_model.warnings)

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from raml_cli.atomic import raml_cache_dir
 from raml_cli.errors import FormatError, InputError
 from raml_cli.model.files import ROLES, ModelInfo, file_sha256, read_model_info, save_model
 from raml_cli.model.limits import check_resolution_range
@@ -134,8 +135,7 @@ def released_model(name: str) -> ReleasedModel:
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/raml/released`` (``~/.cache/raml/released`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "raml" / "released"
+    return raml_cache_dir("released")
 
 
 def fetch_released(model: ReleasedModel, cache_dir: Path | None = None,

@@ -150,6 +150,23 @@ def test_search_falls_back_to_torch_when_the_export_fails(teacher_file, database
     _fails([*args, "--runtime", "onnxruntime"], "does not reproduce raml's embeddings")
 
 
+def test_search_falls_back_to_torch_when_torch_cannot_export(teacher_file, database,
+                                                             tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("an operator the exporter does not know")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    out, _, _ = _search(teacher_file, database, "--device", "cpu")
+    assert out["model"]["runtime"] == "torch"
+    assert "cannot export this" in out["warnings"][0]
+    assert [p.suffix for p in (tmp_path / "cache" / "raml" / "onnx").iterdir()] == [".failed"]
+    index, queries = database
+    _fails(["search", teacher_file, "--index", index, "--images", queries, "--runtime",
+            "onnxruntime"], "cannot export this")
+    _fails(["export", teacher_file, "-o", tmp_path / "t.onnx"], "cannot export this")
+
+
 def test_search_exports_in_memory_when_the_cache_cannot_be_written(
         teacher_file, database, tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
