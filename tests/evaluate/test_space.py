@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -93,8 +95,11 @@ def test_seeded_sample_gives_the_same_numbers_and_respects_its_bound():
 
 
 def test_block_size_does_not_change_the_result():
+    # Equal up to float32 rounding: BLAS may sum a product of another shape in another
+    # order (OpenBLAS's kernels for AMD CPUs do, for 7 rows and 257).
     rows = cone(257, dim=8, width=0.3, seed=5)
-    assert space_spread(rows, block_rows=7) == space_spread(rows, block_rows=4096)
+    small, large = asdict(space_spread(rows, block_rows=7)), asdict(space_spread(rows))
+    assert small == pytest.approx(large, rel=1e-6, abs=1e-7)
 
 
 def test_one_row_has_no_pairs():
