@@ -296,7 +296,7 @@ def main() -> None:
     if args.small:
         args.images, args.classes = 6050, 1132
     args.engine_product, args.engine_device = score_engine(args.device)
-    args.block_size = args.block_size or default_block_size(args.engine_product)
+    args.block_size = args.block_size or default_block_size(args.engine_product, args.images)
     args.chunk_size = args.chunk_size or default_chunk_size(args.images, args.engine_product)
     on_cpu = args.engine_device is None
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -65,6 +68,22 @@ def test_block_and_chunk_sizes_do_not_change_ranks(dyadic, brute_force_ranks, bl
     expected = brute_force_ranks(query, q_labels, database, db_labels, self_index)
     assert collect(query, q_labels, database, db_labels, self_index, block_size=block_size,
                    chunk_size=chunk_size) == expected
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_blocks_of_more_parts_than_threads_give_the_full_sort_ranks(
+        dyadic, brute_force_ranks, monkeypatch, seed):
+    # A block over a small database is cut into more parts than threads (here 23 queries
+    # into parts of at most 3 rows), shared out to the threads: the same ranks.
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: 2)
+    monkeypatch.setattr(neighbours, "MAX_PART_ROWS", 3)
+    query, q_labels, database, db_labels = tie_heavy_problem(dyadic, seed, same=False)
+    expected = brute_force_ranks(query, q_labels, database, db_labels, None)
+    assert collect(query, q_labels, database, db_labels, chunk_size=6) == expected
+    query, q_labels, database, db_labels = tie_heavy_problem(dyadic, seed, same=True)
+    self_index = np.arange(len(query))
+    expected = brute_force_ranks(query, q_labels, database, db_labels, self_index)
+    assert collect(query, q_labels, database, db_labels, self_index) == expected
 
 
 def test_self_row_that_is_not_a_positive_is_still_removed(brute_force_ranks):
@@ -160,6 +179,43 @@ def test_default_sizes_give_each_thread_enough_tiles(monkeypatch):
     assert neighbours.default_chunk_size(100) == 512
     assert neighbours.default_chunk_size(6050, "torch") == 4096
     assert neighbours.default_block_size() == 1024
+    # Against a small database, blocks of at least 2^26 pairs: 6,050 x 6,050 is one block.
+    assert neighbours.default_block_size("numpy", 6050) == 11092
+    assert neighbours.default_block_size("numpy", 60502) == 1109
+    assert neighbours.default_block_size("numpy", 1 << 20) == 1024
+    assert neighbours.default_block_size("numpy", 100) == neighbours.MAX_BLOCK_SIZE
+    assert neighbours.default_block_size("torch", 6050) == 1024
     monkeypatch.setattr(neighbours, "scan_threads", lambda: 16)
     assert neighbours.default_block_size() == 4096  # 256 queries per thread
+    assert neighbours.default_block_size("numpy", 60502) == 4096
     assert neighbours.default_block_size("torch") == 1024
+
+
+def test_a_large_block_is_cut_into_parts_of_at_most_max_part_rows(monkeypatch):
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: 2)
+    engine = neighbours._NumpyEngine.__new__(neighbours._NumpyEngine)
+    engine._threads = 2
+    assert engine._spans(1009) == [(0, 504), (504, 1009)]  # one part per thread
+    spans = engine._spans(6050)
+    assert len(spans) == 6 and spans[0] == (0, 1008) and spans[-1][1] == 6050
+    assert all(hi - lo <= neighbours.MAX_PART_ROWS for lo, hi in spans)
+    assert engine._spans(1) == [(0, 1)]
+
+
+def test_parts_are_shared_out_to_every_thread_and_returned_in_order(monkeypatch):
+    monkeypatch.setattr(neighbours, "scan_threads", lambda: 3)
+    engine = neighbours._NumpyEngine(None, "cpu")
+    try:
+        threads: set[int] = set()
+
+        def square(part: int) -> int:
+            threads.add(threading.get_ident())
+            time.sleep(0.01)
+            return part * part
+
+        assert engine._each(list(range(12)), square) == [p * p for p in range(12)]
+        assert len(threads) == 3
+        with pytest.raises(ZeroDivisionError):
+            engine._each([1, 0, 2, 3], lambda part: 1 // part)
+    finally:
+        engine.close()
