@@ -19,10 +19,19 @@ database score matrix and never sorts a whole row:
    are equal, the candidates with the same key and a lower database row: the tie
    rule (equal scores are ordered by database row, lower row first).
 
+On the CPU, most candidates of a query lie between its lowest positive and its second
+lowest (four in five at SOP size: the hardest positive sits deep). They rank above the
+lowest positive and below all the others, so their number is all that matters: the
+scan counts those strictly inside a *zone*, from a rounding margin above the lowest
+positive's score to one below the second lowest's, and keeps only the others. A positive
+at or below the zone's floor then ranks behind every counted item too.
+
 The threshold comes from a separate product, whose rounding may differ from the
 chunked product's; it is lowered by a rigorous bound on float32 dot-product error,
 and a query whose positives were not all found is recomputed with no threshold, so
-the ranks are exact for the scores of the chunked product in every case.
+the ranks are exact for the scores of the chunked product in every case. (A positive
+whose chunked score fell inside its zone is not kept, so it is not found either, and
+its query is recomputed the same way.)
 
 Two engines run these steps (``product``): NumPy on the CPU, one thread per core, each
 computing score tiles with single-threaded BLAS and scanning each tile while it is in
@@ -290,13 +299,16 @@ class _Context:
 class RankEngine(Protocol):
     """Where a block's thresholds, candidates and positive ranks are computed."""
 
-    def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """float32 ``[b]``: a value at or below every positive score of each query."""
+    def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> Any:
+        """What :meth:`ranks` scans the block with: float32 ``[b]``, a value at or below
+        every positive score of each query (or an engine's own richer bounds)."""
 
-    def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
+    def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: Any,
               limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(block_row, rank)`` int64 of every positive scoring at least its threshold,
-        sorted by block row then rank; ``None`` if ``limit`` and the candidates overflow."""
+        """``(block_row, rank)`` int64 of every positive found, sorted by block row then
+        rank; ``None`` if ``limit`` and the candidates overflow. ``thresholds`` comes from
+        :meth:`thresholds`, or is a float32 ``[b]`` array (every item at or above it a
+        candidate, as for the queries ranked again without a threshold)."""
 
     def close(self) -> None:
         """Release threads and device memory."""
@@ -355,7 +367,8 @@ class _NumpyEngine:
     whichever thread is free taking the next one (a core slowed by other work takes
     fewer). A thread scans each tile it computes straight away, while the tile is still
     in that core's caches: the excluded rows set to ``-inf``, the comparison with the
-    thresholds, extracting and keying the candidates. At the end of the block each part
+    thresholds, extracting the candidates, counting those in the zone between the two
+    lowest positive scores and keying the others. At the end of the block each part
     sorts its candidates and ranks its positives, in parallel too. The parts are
     independent: a query's candidates all fall in its own part. Scanning a tile while
     it is hot costs about half as much as scanning a block that a product over all
@@ -371,15 +384,22 @@ class _NumpyEngine:
         # Each thread's score tile and mask, by (thread, rows, width), reused.
         self._tiles: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    def thresholds(self, rows: np.ndarray, queries: np.ndarray) -> _Bounds:
         spans = self._spans(len(rows))
-        lowest = self._each(spans, _lowest_positive_scores, self._ctx, rows, queries,
-                            _POSITIVE_GATHER_ELEMENTS // len(spans))
-        return below_by_rounding_bound(self._ctx, queries, np.concatenate(lowest))
+        found = self._each(spans, _lowest_positive_scores, self._ctx, rows, queries,
+                           _POSITIVE_GATHER_ELEMENTS // len(spans))
+        lowest = np.concatenate([low for low, _ in found])
+        second = np.concatenate([next_low for _, next_low in found])
+        margin = rounding_margin(self._ctx, queries)
+        return _Bounds(_lowered(lowest, margin),
+                       (lowest.astype(np.float64) + margin).astype(np.float32),
+                       (second.astype(np.float64) - margin).astype(np.float32))
 
-    def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray,
+    def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray | _Bounds,
               limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
         ctx = self._ctx
+        if not isinstance(thresholds, _Bounds):  # a bare threshold: no counted zone
+            thresholds = _Bounds(thresholds, None, None)
         parts = [_ScanPart(ctx, rows, queries, thresholds, lo, hi)
                  for lo, hi in self._spans(len(rows))]
         tiles = [(part, first, width) for first, width in _tile_columns(
@@ -516,8 +536,10 @@ _BLAS_CONTROLLER: Any = None
 
 
 def _lowest_positive_scores(span: tuple[int, int], ctx: _Context, rows: np.ndarray,
-                            queries: np.ndarray, elements: int) -> np.ndarray:
-    """float32: the lowest positive score of each query of the block rows ``span``, from
+                            queries: np.ndarray, elements: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(lowest, second lowest)``: the two lowest positive scores of each query of
+    the block rows ``span`` (``inf`` for the second of a query with one positive), from
     the (query, positive) pairs, gathering at most ``elements`` floats of each side at
     once. (Padding every query to the largest class, as :func:`positive_items` does for
     the torch engine, does 2-3x the work on SOP-like classes of 2-12 images.)"""
@@ -536,7 +558,11 @@ def _lowest_positive_scores(span: tuple[int, int], ctx: _Context, rows: np.ndarr
         np.einsum("nd,nd->n", ctx.database_np[items[part]], queries[query_of[part]],
                   out=scores[part])
     scores[items == ctx.self_index[rows][query_of]] = np.inf  # the excluded row
-    return np.minimum.reduceat(scores, first_pair)
+    ordered = scores[np.lexsort((scores, query_of))]  # by query, then score
+    second = np.full(len(rows), np.inf, dtype=np.float32)
+    pairs = counts > 1
+    second[pairs] = ordered[first_pair[pairs] + 1]
+    return ordered[first_pair], second
 
 
 class _ScanPart:
@@ -544,16 +570,19 @@ class _ScanPart:
     be computed by any thread, in any order), then sorted and ranked."""
 
     def __init__(self, ctx: _Context, rows: np.ndarray, queries: np.ndarray,
-                 thresholds: np.ndarray, lo: int, hi: int) -> None:
+                 bounds: _Bounds, lo: int, hi: int) -> None:
         self._ctx, self._lo, self._hi = ctx, lo, hi
         self._queries = queries[lo:hi]
-        self._column = thresholds[lo:hi, None]
+        self._column = bounds.threshold[lo:hi, None]
+        self._zone = (None if bounds.zone_low is None or bounds.zone_high is None else
+                      (bounds.zone_low[lo:hi], bounds.zone_high[lo:hi]))
         self_rows = ctx.self_index[rows[lo:hi]]
         self._has_self = np.flatnonzero(self_rows >= 0)
         self._self_rows = self_rows
         self._labels = ctx.query_labels[rows[lo:hi]]
-        # Per tile: (keys, database rows) of the candidates, and of the positives among them.
-        self._found: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        # Per tile: (keys, database rows) of the kept candidates, of the positives among
+        # them, whether each positive is below its row's zone, and the zone's count per row.
+        self._found: list[tuple[np.ndarray, ...]] = []
 
     def search(self, first: int, width: int,
                buffer: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> int:
@@ -567,28 +596,49 @@ class _ScanPart:
 
     def scan(self, first: int, scores: np.ndarray, mask: np.ndarray) -> int:
         """Keep the candidates of this part's score tile ``scores`` (its rows against the
-        chunk starting at database row ``first``); returns how many. The excluded rows
-        are set to ``-inf`` there first, so they are never candidates."""
+        chunk starting at database row ``first``), counting those in their row's zone;
+        returns how many are kept. The excluded rows are set to ``-inf`` there first, so
+        they are never candidates."""
         width = scores.shape[1]
         has_self, self_rows = self._has_self, self._self_rows
         inside = has_self[(self_rows[has_self] >= first) & (self_rows[has_self] < first + width)]
         scores[inside, self_rows[inside] - first] = -np.inf
         flat = np.flatnonzero(np.greater_equal(scores, self._column, out=mask))
         hit_rows = flat // width
+        values = scores.ravel()[flat]
+        counted = None
+        if self._zone is not None:
+            zone_low, zone_high = self._zone
+            in_zone = values > zone_low[hit_rows]
+            in_zone &= values < zone_high[hit_rows]
+            counted = np.bincount(hit_rows[in_zone], minlength=self._hi - self._lo)
+            kept = np.flatnonzero(~in_zone)
+            flat, hit_rows, values = flat[kept], hit_rows[kept], values[kept]
         cols = flat - hit_rows * width + first
-        keys = _row_score_key(hit_rows + self._lo, scores.ravel()[flat])
         positive = np.flatnonzero(self._ctx.database_labels[cols] == self._labels[hit_rows])
+        below = (values[positive] <= zone_low[hit_rows[positive]] if counted is not None
+                 else np.zeros(positive.size, dtype=bool))
+        keys = _row_score_key(hit_rows + self._lo, values)
         # list.append is atomic under the GIL
-        self._found.append((keys, cols, keys[positive], cols[positive]))
+        self._found.append((keys, cols, keys[positive], cols[positive], below, counted))
         return flat.size
 
     def rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(block_row, rank)`` of the positives found (see :func:`_rank_positives`),
+        each positive below its row's zone ranked after every item counted in it."""
         found, self._found = self._found, []
         keys = np.concatenate([f[0] for f in found])
         pos_keys = np.concatenate([f[2] for f in found])
         pos_cols = np.concatenate([f[3] for f in found])
+        below = np.concatenate([f[4] for f in found])
+        counts = [f[5] for f in found if f[5] is not None]
+        behind = None
+        if counts and below.any():
+            # Every item of a zone scores above every positive below it: one more rank each.
+            pos_rows = (pos_keys >> np.uint64(32)).astype(np.intp) - self._lo
+            behind = np.where(below, np.sum(counts, axis=0)[pos_rows], 0)
         return _rank_positives(keys, lambda: np.concatenate([f[1] for f in found]),
-                               pos_keys, pos_cols)
+                               pos_keys, pos_cols, behind)
 
 
 def scan_threads() -> int:
@@ -642,21 +692,41 @@ def below_by_rounding_bound(ctx: _Context, queries: np.ndarray, lowest: np.ndarr
     roundoff; any summation order, with or without fused multiply-adds), so the minimum
     is lowered by a little more.
     """
+    return _lowered(lowest, rounding_margin(ctx, queries))
+
+
+def rounding_margin(ctx: _Context, queries: np.ndarray) -> np.ndarray:
+    """float64 ``[b]``: 1.5 times the most by which two float32 products of a query with a
+    database row may differ, ``2 * D * u * |q| * max|d|`` (see :func:`below_by_rounding_bound`)."""
     dim = queries.shape[1]
     norms = np.sqrt(np.einsum("bd,bd->b", queries, queries))
-    margin = (2.0 * dim * _FLOAT32_UNIT_ROUNDOFF * 1.5) * norms * ctx.max_database_norm
+    return (2.0 * dim * _FLOAT32_UNIT_ROUNDOFF * 1.5) * norms * ctx.max_database_norm
+
+
+def _lowered(lowest: np.ndarray, margin: np.ndarray) -> np.ndarray:
     return (lowest.astype(np.float64) - margin - 1e-30).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """What a block's scan keeps, per query (float32 ``[b]`` each): the candidates score
+    at least ``threshold``; of them, those strictly between ``zone_low`` and ``zone_high``
+    are only counted (``None``: no such zone)."""
+
+    threshold: np.ndarray
+    zone_low: np.ndarray | None
+    zone_high: np.ndarray | None
+
+
 def _rank_positives(keys: np.ndarray, all_cols: Callable[[], np.ndarray],
-                    pos_keys: np.ndarray, pos_cols: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    pos_keys: np.ndarray, pos_cols: np.ndarray,
+                    behind: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rank the positives of a part's queries among their candidates.
 
     ``keys``: the (query, score descending) keys of all candidates; ``pos_keys`` /
     ``pos_cols``: the keys and database rows of the positives among them (picked out
     during the scan); ``all_cols()``: the candidates' database rows, needed only to break
-    ties.
+    ties; ``behind``: per positive, the items above it that were counted, not kept.
 
     A positive's rank is the number of candidates of its query that come before it:
     a higher score, or an equal score and a lower database row. The keys are sorted once;
@@ -673,6 +743,8 @@ def _rank_positives(keys: np.ndarray, all_cols: Callable[[], np.ndarray],
     better = np.searchsorted(sorted_keys, pos_keys, side="left")
     tied = np.searchsorted(sorted_keys, pos_keys, side="right") - better > 1
     ranks = better - row_start
+    if behind is not None:
+        ranks += behind
     if tied.any():
         ranks[tied] += _earlier_rows_with_equal_key(keys, all_cols(), pos_keys[tied],
                                                     pos_cols[tied])

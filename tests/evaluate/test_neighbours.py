@@ -86,6 +86,34 @@ def test_blocks_of_more_parts_than_threads_give_the_full_sort_ranks(
     assert collect(query, q_labels, database, db_labels, self_index) == expected
 
 
+@pytest.mark.parametrize("same", [True, False])
+def test_a_positive_inside_the_counted_zone_sends_its_query_to_the_unthresholded_scan(
+        dyadic, brute_force_ranks, monkeypatch, same):
+    # The items between a query's lowest positive and its next are only counted. Were the
+    # second lowest positive score misjudged so that positives fall inside that zone, they
+    # are not found, and their queries are ranked again with every item a candidate.
+    lowest_two = neighbours._lowest_positive_scores
+    redone = []
+
+    def misjudged(*args):
+        lowest, second = lowest_two(*args)
+        return lowest, second + np.float32(4.0)
+
+    def unthresholded(ctx, rows, queries, missed):
+        redone.append(missed.size)
+        return original(ctx, rows, queries, missed)
+
+    original = neighbours._unthresholded_ranks
+    monkeypatch.setattr(neighbours, "_lowest_positive_scores", misjudged)
+    monkeypatch.setattr(neighbours, "_unthresholded_ranks", unthresholded)
+    query, q_labels, database, db_labels = tie_heavy_problem(dyadic, 3, same)
+    self_index = np.arange(len(query)) if same else None
+    expected = brute_force_ranks(query, q_labels, database, db_labels, self_index)
+    assert collect(query, q_labels, database, db_labels, self_index, block_size=8,
+                   chunk_size=9) == expected
+    assert sum(redone) > 0
+
+
 def test_self_row_that_is_not_a_positive_is_still_removed(brute_force_ranks):
     # The excluded row scores highest but has another label: removing it moves the
     # positive from rank 1 to rank 0.
