@@ -253,7 +253,8 @@ def default_block_size(product: str = DEFAULT_PRODUCT, num_database: int | None 
     :data:`MAX_BLOCK_SIZE`, so that a block scores at least :data:`BLOCK_SCORES` pairs:
     the fixed costs of a block (handing out its tiles, the wait for its last tile, the
     sort of its candidates) then stay near 1% of its product. (At 6,050 x 6,050 the
-    whole problem is one block, 1.3-1.4x the bare product instead of 1.6x in six.)"""
+    whole problem is one block: 1.39-1.47x the bare product instead of 1.56-1.61x in
+    six, on a 2-core CPU.)"""
     if product != "numpy":
         return DEFAULT_BLOCK_SIZE
     block = max(DEFAULT_BLOCK_SIZE, 256 * scan_threads())
@@ -392,14 +393,14 @@ class _NumpyEngine:
         second = np.concatenate([next_low for _, next_low in found])
         margin = rounding_margin(self._ctx, queries)
         return _Bounds(_lowered(lowest, margin),
-                       (lowest.astype(np.float64) + margin).astype(np.float32),
-                       (second.astype(np.float64) - margin).astype(np.float32))
+                       ((lowest.astype(np.float64) + margin).astype(np.float32),
+                        (second.astype(np.float64) - margin).astype(np.float32)))
 
     def ranks(self, rows: np.ndarray, queries: np.ndarray, thresholds: np.ndarray | _Bounds,
               limit: bool) -> tuple[np.ndarray, np.ndarray] | None:
         ctx = self._ctx
         if not isinstance(thresholds, _Bounds):  # a bare threshold: no counted zone
-            thresholds = _Bounds(thresholds, None, None)
+            thresholds = _Bounds(thresholds, None)
         parts = [_ScanPart(ctx, rows, queries, thresholds, lo, hi)
                  for lo, hi in self._spans(len(rows))]
         tiles = [(part, first, width) for first, width in _tile_columns(
@@ -574,8 +575,8 @@ class _ScanPart:
         self._ctx, self._lo, self._hi = ctx, lo, hi
         self._queries = queries[lo:hi]
         self._column = bounds.threshold[lo:hi, None]
-        self._zone = (None if bounds.zone_low is None or bounds.zone_high is None else
-                      (bounds.zone_low[lo:hi], bounds.zone_high[lo:hi]))
+        self._zone = (None if bounds.zone is None else
+                      (bounds.zone[0][lo:hi], bounds.zone[1][lo:hi]))
         self_rows = ctx.self_index[rows[lo:hi]]
         self._has_self = np.flatnonzero(self_rows >= 0)
         self._self_rows = self_rows
@@ -616,8 +617,8 @@ class _ScanPart:
             flat, hit_rows, values = flat[kept], hit_rows[kept], values[kept]
         cols = flat - hit_rows * width + first
         positive = np.flatnonzero(self._ctx.database_labels[cols] == self._labels[hit_rows])
-        below = (values[positive] <= zone_low[hit_rows[positive]] if counted is not None
-                 else np.zeros(positive.size, dtype=bool))
+        below = (values[positive] <= self._zone[0][hit_rows[positive]]
+                 if self._zone is not None else np.zeros(positive.size, dtype=bool))
         keys = _row_score_key(hit_rows + self._lo, values)
         # list.append is atomic under the GIL
         self._found.append((keys, cols, keys[positive], cols[positive], below, counted))
@@ -709,13 +710,12 @@ def _lowered(lowest: np.ndarray, margin: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Bounds:
-    """What a block's scan keeps, per query (float32 ``[b]`` each): the candidates score
-    at least ``threshold``; of them, those strictly between ``zone_low`` and ``zone_high``
-    are only counted (``None``: no such zone)."""
+    """What a block's scan keeps, per query (float32 ``[b]`` arrays): the candidates score
+    at least ``threshold``; of them, those strictly between the two bounds of ``zone``,
+    ``(low, high)``, are only counted (``None``: no such zone)."""
 
     threshold: np.ndarray
-    zone_low: np.ndarray | None
-    zone_high: np.ndarray | None
+    zone: tuple[np.ndarray, np.ndarray] | None
 
 
 def _rank_positives(keys: np.ndarray, all_cols: Callable[[], np.ndarray],
